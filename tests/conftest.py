@@ -1,0 +1,99 @@
+"""Shared fixtures: a real PostgreSQL server and a fresh database for this test run.
+
+With DATABASE_URL set, tests use that server; otherwise they start the embedded one.
+Either way the run gets its own database, dropped at the end, so runs never share state.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from tododb.api.app import create_app
+from tododb.api.auth import issue_token
+from tododb.application import TodoApplication
+from tododb.bootstrap import build_application
+from tododb.database import start_embedded, with_database
+from tododb.settings import Settings
+
+TEST_SECRET = "test-secret-" + "x" * 32
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    return start_embedded(Path(tmp_path_factory.mktemp("embedded-pg")))
+
+
+def create_database(server_url: str, prefix: str = "tododb_test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    name = create_database(server_url)
+    yield with_database(server_url, name)
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def fresh_database_url(server_url: str) -> Iterator[str]:
+    """A database of its own, for tests that need an empty log."""
+    name = create_database(server_url)
+    yield with_database(server_url, name)
+    drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        database_url=database_url,
+        jwt_secret=TEST_SECRET,  # type: ignore[arg-type]
+        data_dir=tmp_path_factory.mktemp("data"),
+    )
+
+
+@pytest.fixture(scope="session")
+def todo_app(settings: Settings, database_url: str) -> Iterator[TodoApplication]:
+    app = build_application(settings, database_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, todo_app: TodoApplication) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, todo_app, close_on_shutdown=False)) as c:
+        yield c
+
+
+@pytest.fixture
+def user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def auth() -> Callable[..., dict[str, str]]:
+    def make(user_id: str, *, admin: bool = False) -> dict[str, str]:
+        return {"Authorization": f"Bearer {issue_token(TEST_SECRET, user_id, admin=admin)}"}
+
+    return make
+
+
+@pytest.fixture
+def headers(auth: Callable[..., dict[str, str]], user: str) -> dict[str, str]:
+    return auth(user)

@@ -1,0 +1,153 @@
+"""The event store itself: append-only in the database, optimistic concurrency, upcasting."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from uuid import uuid4
+
+import psycopg
+import pytest
+from eventsourcing.persistence import RecordConflictError
+from eventsourcing.utils import get_topic
+from fastapi.testclient import TestClient
+
+from tododb.application import TodoApplication
+from tododb.domain import Todo
+
+
+def test_update_delete_and_truncate_are_rejected_by_the_database(
+    todo_app: TodoApplication, database_url: str
+) -> None:
+    todo_app.create_todo("append-only-user", title="history")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        before = conn.execute("SELECT count(*) FROM todos_events").fetchone()
+        for statement in (
+            "UPDATE todos_events SET topic = 'x'",
+            "DELETE FROM todos_events",
+            "TRUNCATE todos_events",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(statement)
+        assert conn.execute("SELECT count(*) FROM todos_events").fetchone() == before
+
+
+def test_two_writers_racing_on_one_version_cannot_both_win(todo_app: TodoApplication) -> None:
+    result = todo_app.create_todo("racer", title="race")
+    first = todo_app.repository.get(result.todo.id)
+    second = todo_app.repository.get(result.todo.id)
+    assert isinstance(first, Todo)
+    assert isinstance(second, Todo)
+    first.change_title("first wins")
+    second.change_title("second loses")
+    todo_app.save(first)
+    with pytest.raises(RecordConflictError):
+        todo_app.save(second)
+    stored = todo_app.get_todo("racer", result.todo.id)
+    assert (stored.title, stored.version) == ("first wins", 2)
+
+
+def test_concurrent_commands_without_if_match_are_all_applied_in_distinct_versions(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    todo = client.post("/v1/todos", json={"title": "t"}, headers=headers).json()
+    url = f"/v1/todos/{todo['id']}"
+    n = 12
+    barrier = threading.Barrier(n)
+    statuses: list[int] = []
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        r = client.patch(url, json={"title": f"title {i}"}, headers=headers)
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * n
+    events = client.get(f"{url}/events", headers=headers).json()
+    assert [e["version"] for e in events] == list(range(1, n + 2))
+
+
+def test_concurrent_commands_with_the_same_if_match_have_exactly_one_winner(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    todo = client.post("/v1/todos", json={"title": "t"}, headers=headers).json()
+    url = f"/v1/todos/{todo['id']}"
+    n = 8
+    barrier = threading.Barrier(n)
+    statuses: list[int] = []
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        r = client.patch(url, json={"title": f"title {i}"}, headers={"If-Match": '"1"', **headers})
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [412] * (n - 1)
+    assert client.get(url, headers=headers).json()["version"] == 2
+
+
+def test_a_stored_v1_created_event_is_read_as_v2(
+    todo_app: TodoApplication,
+    database_url: str,
+    client: TestClient,
+    auth: Callable[..., dict[str, str]],
+) -> None:
+    todo_id = uuid4()
+    state = json.dumps(
+        {
+            "timestamp": {"_type_": "datetime_iso", "_data_": "2025-06-01T08:00:00+00:00"},
+            "originator_topic": get_topic(Todo),
+            "owner": "legacy-user",
+            "title": "Written by release 1",
+            "description": "",
+            "due": None,
+            "tags": ["old"],
+        }
+    ).encode()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO todos_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, %s, %s)",
+            (todo_id, get_topic(Todo.Created), state),
+        )
+    r = client.get(f"/v1/todos/{todo_id}", headers=auth("legacy-user"))
+    assert r.status_code == 200, r.text
+    assert r.json()["priority"] == "normal"
+    assert r.json()["created_at"] == "2025-06-01T08:00:00Z"
+    # and it can still be changed, appending a current-version event after the old one
+    done = client.post(f"/v1/todos/{todo_id}/complete", headers=auth("legacy-user"))
+    assert done.json()["version"] == 2
+
+
+def test_database_loss_is_503_not_500(
+    server_url: str, settings: object, auth: Callable[..., dict[str, str]]
+) -> None:
+    from tests.conftest import create_database, drop_database
+    from tododb.api.app import create_app
+    from tododb.bootstrap import build_application
+    from tododb.database import with_database
+    from tododb.settings import Settings
+
+    assert isinstance(settings, Settings)
+    name = create_database(server_url, "tododb_doomed")
+    url = with_database(server_url, name)
+    todo_app = build_application(
+        settings.model_copy(update={"database_url": url, "db_connect_timeout": 1}), url
+    )
+    with TestClient(create_app(settings, todo_app)) as c:
+        assert c.get("/readyz").status_code == 200
+        drop_database(server_url, name)
+        assert c.get("/readyz").status_code == 503
+        r = c.post("/v1/todos", json={"title": "lost?"}, headers=auth("u"))
+        assert r.status_code == 503
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["Retry-After"]

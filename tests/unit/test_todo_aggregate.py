@@ -1,0 +1,184 @@
+"""The Todo aggregate's rules, with no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from tododb.domain import InvariantViolation, Todo, TodoDeletedError, event_payload, public_type
+
+
+def new_todo(**kwargs: object) -> Todo:
+    fields: dict[str, object] = {"owner": "alice", "title": "Buy milk"}
+    fields.update(kwargs)
+    return Todo.create(**fields)  # type: ignore[arg-type]
+
+
+def types(todo: Todo) -> list[str]:
+    return [public_type(e) for e in todo.collect_events()]
+
+
+def test_create_records_one_created_event_with_the_owner() -> None:
+    todo = new_todo(title="  Buy milk  ", tags=["home", "shop", "home"], priority="high")
+    events = todo.collect_events()
+    assert [public_type(e) for e in events] == ["todos.task.created"]
+    assert event_payload(events[0]) == {
+        "owner": "alice",
+        "title": "Buy milk",
+        "description": "",
+        "due": None,
+        "priority": "high",
+        "tags": ["home", "shop"],
+    }
+    assert todo.owner == "alice"
+    assert todo.status == "open"
+    assert todo.version == 1
+
+
+@pytest.mark.parametrize("title", ["", "   ", "x" * 201, " " + "x" * 201])
+def test_title_must_be_1_to_200_characters_after_stripping(title: str) -> None:
+    with pytest.raises(InvariantViolation) as e:
+        new_todo(title=title)
+    assert e.value.field == "title"
+
+
+def test_title_of_200_characters_with_padding_is_accepted() -> None:
+    assert new_todo(title="  " + "x" * 200 + "  ").title == "x" * 200
+
+
+def test_description_limit() -> None:
+    new_todo(description="d" * 10_000)
+    with pytest.raises(InvariantViolation):
+        new_todo(description="d" * 10_001)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        [f"t{i}" for i in range(21)],
+        ["UPPER"],
+        ["with space"],
+        [""],
+        ["x" * 33],
+        ["under_score"],
+    ],
+)
+def test_invalid_tags_are_rejected(tags: list[str]) -> None:
+    with pytest.raises(InvariantViolation) as e:
+        new_todo(tags=tags)
+    assert e.value.field == "tags"
+
+
+def test_twenty_tags_of_32_characters_are_accepted() -> None:
+    tags = [f"{i:02d}" + "a" * 30 for i in range(20)]
+    assert len(new_todo(tags=tags).tags) == 20
+
+
+def test_priority_must_be_known() -> None:
+    with pytest.raises(InvariantViolation):
+        new_todo(priority="urgent")
+
+
+def test_due_must_be_time_zone_aware_and_is_normalised_to_utc() -> None:
+    with pytest.raises(InvariantViolation):
+        new_todo(due=datetime(2030, 1, 1, 12, 0))
+    todo = new_todo(due=datetime(2030, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))))
+    assert todo.due == datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
+
+
+def test_each_change_records_its_past_tense_event() -> None:
+    todo = new_todo()
+    todo.collect_events()
+    due = datetime(2030, 1, 1, tzinfo=UTC)
+    todo.change_title("Buy oat milk")
+    todo.change_description("2 litres")
+    todo.set_due(due)
+    todo.set_due(None)
+    todo.change_priority("low")
+    todo.change_tags(["shop"])
+    todo.complete()
+    todo.reopen()
+    todo.delete()
+    assert types(todo) == [
+        "todos.task.title_changed",
+        "todos.task.description_changed",
+        "todos.task.due_date_set",
+        "todos.task.due_date_cleared",
+        "todos.task.priority_changed",
+        "todos.task.tags_changed",
+        "todos.task.completed",
+        "todos.task.reopened",
+        "todos.task.deleted",
+    ]
+    assert todo.version == 10
+
+
+def test_same_value_changes_and_repeated_completion_record_nothing() -> None:
+    due = datetime(2030, 1, 1, tzinfo=UTC)
+    todo = new_todo(description="d", due=due, priority="high", tags=["a", "b"])
+    todo.collect_events()
+    todo.change_title("  Buy milk ")
+    todo.change_description("d")
+    todo.set_due(due.astimezone(timezone(timedelta(hours=-5))))
+    todo.change_priority("high")
+    todo.change_tags(["b", "a", "a"])
+    todo.reopen()  # open already
+    assert types(todo) == []
+    todo.complete()
+    todo.complete()
+    assert types(todo) == ["todos.task.completed"]
+    todo.set_due(None)
+    todo.set_due(None)
+    assert types(todo) == ["todos.task.due_date_cleared"]
+
+
+def test_completion_time_is_the_completed_event_time_and_reopen_clears_it() -> None:
+    todo = new_todo()
+    todo.complete()
+    completed = todo.collect_events()[-1]
+    assert todo.completed_at == completed.timestamp
+    assert todo.status == "completed"
+    todo.reopen()
+    assert todo.completed_at is None
+    assert todo.status == "open"
+
+
+def test_deleted_todo_takes_no_further_commands_but_delete_is_idempotent() -> None:
+    todo = new_todo()
+    todo.delete()
+    todo.collect_events()
+    for command in (
+        lambda: todo.change_title("x"),
+        lambda: todo.change_description("x"),
+        lambda: todo.set_due(None),
+        lambda: todo.change_priority("low"),
+        lambda: todo.change_tags([]),
+        todo.complete,
+        todo.reopen,
+    ):
+        with pytest.raises(TodoDeletedError):
+            command()
+    todo.delete()
+    assert types(todo) == []
+
+
+def test_idempotent_ids_are_per_owner_and_key() -> None:
+    assert Todo.idempotent_id("alice", "k1") == Todo.idempotent_id("alice", "k1")
+    assert Todo.idempotent_id("alice", "k1") != Todo.idempotent_id("bob", "k1")
+    assert Todo.idempotent_id("alice", "k1") != Todo.idempotent_id("alice", "k2")
+    todo = new_todo(id=Todo.idempotent_id("alice", "k1"))
+    assert todo.id == Todo.idempotent_id("alice", "k1")
+
+
+def test_aggregate_is_rebuilt_from_its_events() -> None:
+    todo = new_todo(tags=["a"])
+    todo.change_title("Renamed")
+    todo.complete()
+    events = todo.collect_events()
+    copy = None
+    for e in events:
+        copy = e.mutate(copy)
+    assert isinstance(copy, Todo)
+    assert (copy.title, copy.tags, copy.status, copy.version) == ("Renamed", ["a"], "completed", 3)
+    assert copy.completed_at == events[-1].timestamp

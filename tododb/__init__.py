@@ -1,0 +1,1 @@
+"""tododb: an event-sourced todo backend."""

@@ -1,0 +1,76 @@
+"""Bearer JWTs (HS256): ``sub`` is the user id, ``admin`` a boolean claim."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tododb.api.problems import Problem
+
+ALGORITHM = "HS256"
+bearer = HTTPBearer(auto_error=False, description="A JWT from `todo token USER`.")
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    admin: bool = False
+
+
+def issue_token(secret: str, user_id: str, *, admin: bool = False, ttl_seconds: int = 3600) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
+    if admin:
+        claims["admin"] = True
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def _unauthorized(detail: str, error: str | None = None) -> Problem:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return Problem(
+        401, "Unauthorized", detail, type_="unauthorized", headers={"WWW-Authenticate": challenge}
+    )
+
+
+def decode_token(secret: str, token: str, *, leeway: int = 0) -> User:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            leeway=leeway,
+            options={"require": ["exp", "sub"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized("the token has expired", "invalid_token") from None
+    except jwt.InvalidTokenError as e:
+        raise _unauthorized(f"invalid token: {e}", "invalid_token") from None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise _unauthorized("the token has no subject", "invalid_token")
+    return User(id=sub, admin=claims.get("admin") is True)
+
+
+def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized("a bearer token is required")
+    state = request.app.state
+    return decode_token(state.jwt_secret, credentials.credentials, leeway=state.jwt_leeway)
+
+
+def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+    if not user.admin:
+        raise Problem(403, "Forbidden", "this endpoint needs an admin token", type_="forbidden")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(admin_user)]

@@ -1,0 +1,168 @@
+"""RFC 9457 problem details for every error the API returns."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eventsourcing.persistence import OperationalError as StoreOperationalError
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from psycopg import OperationalError as PgOperationalError
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tododb.application import (
+    ConcurrencyConflict,
+    IdempotencyKeyReused,
+    PreconditionFailed,
+    TodoGone,
+    TodoNotFound,
+    VersionNotFound,
+)
+from tododb.domain import InvariantViolation
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://tododb.dev/problems/"
+
+
+class Problem(Exception):
+    """Raise anywhere in a request to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type_
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def problem_response(request: Request, problem: Problem) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + problem.type if problem.type else "about:blank",
+        "title": problem.title,
+        "status": problem.status,
+        "instance": request.url.path,
+    }
+    if problem.detail:
+        body["detail"] = problem.detail
+    body.update(jsonable_encoder(problem.extensions))
+    return JSONResponse(
+        body, status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+    )
+
+
+_DOMAIN_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
+    TodoNotFound: (404, "Todo not found", "not-found"),
+    VersionNotFound: (404, "Version not found", "version-not-found"),
+    TodoGone: (410, "Todo deleted", "deleted"),
+    ConcurrencyConflict: (409, "Concurrent modification", "conflict"),
+    IdempotencyKeyReused: (422, "Idempotency-Key reused", "idempotency-key-reused"),
+}
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        headers = dict(exc.headers or {})
+        return problem_response(request, Problem(exc.status_code, title, detail, headers=headers))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return problem_response(
+            request,
+            Problem(
+                422,
+                "Invalid request",
+                "the request failed validation",
+                type_="validation",
+                errors=errors,
+            ),
+        )
+
+    @app.exception_handler(InvariantViolation)
+    async def _invariant(request: Request, exc: InvariantViolation) -> JSONResponse:
+        return problem_response(
+            request,
+            Problem(
+                422,
+                "Invalid todo",
+                exc.message,
+                type_="validation",
+                errors=[{"loc": ["body", exc.field], "msg": exc.message, "type": "invariant"}],
+            ),
+        )
+
+    @app.exception_handler(PreconditionFailed)
+    async def _precondition(request: Request, exc: PreconditionFailed) -> JSONResponse:
+        return problem_response(
+            request,
+            Problem(
+                412,
+                "Precondition failed",
+                f"If-Match does not match the current version {exc.current_version}",
+                type_="precondition-failed",
+                current_version=exc.current_version,
+                headers={"ETag": f'"{exc.current_version}"'},
+            ),
+        )
+
+    for error, (status, title, type_) in _DOMAIN_ERRORS.items():
+
+        def _handler(
+            request: Request,
+            exc: Exception,
+            status: int = status,
+            title: str = title,
+            type_: str = type_,
+        ) -> JSONResponse:
+            return problem_response(request, Problem(status, title, str(exc) or None, type_=type_))
+
+        app.add_exception_handler(error, _handler)
+
+    for unavailable in (StoreOperationalError, PgOperationalError, PoolTimeout):
+
+        def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+            log.warning("database unavailable: %s", exc)
+            return problem_response(
+                request,
+                Problem(
+                    503,
+                    "Service unavailable",
+                    "the database is unreachable",
+                    type_="unavailable",
+                    headers={"Retry-After": "1"},
+                ),
+            )
+
+        app.add_exception_handler(unavailable, _unavailable)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, Problem(500, "Internal server error"))

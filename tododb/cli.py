@@ -1,0 +1,104 @@
+"""The `todo` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tododb.settings import Settings, get_settings
+
+app = typer.Typer(help="tododb: an event-sourced todo backend.", no_args_is_help=True)
+console = Console()
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TODO_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Argument(help="User id (the token's `sub`).")],
+    admin: Annotated[bool, typer.Option("--admin", help="Add the admin claim.")] = False,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=1)] = 3600,
+) -> None:
+    """Print a bearer token for USER."""
+    from tododb.api.auth import issue_token
+
+    typer.echo(
+        issue_token(get_settings().resolved_jwt_secret(), user, admin=admin, ttl_seconds=ttl)
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (TODO_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (TODO_PORT).")] = None,
+) -> None:
+    """Run the API against DATABASE_URL."""
+    import uvicorn
+
+    from tododb.api.app import create_app
+    from tododb.bootstrap import build_application, resolve_database_url
+
+    _configure_logging()
+    settings = get_settings()
+    url = resolve_database_url(settings, embedded_ok=False)
+    api = create_app(settings, build_application(settings, url))
+    uvicorn.run(
+        api,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def dev(
+    port: Annotated[int | None, typer.Option(help="API port (TODO_PORT).")] = None,
+) -> None:
+    """Start the whole system on embedded defaults; Ctrl-C stops everything."""
+    from tododb.api.auth import issue_token
+    from tododb.bootstrap import resolve_database_url
+    from tododb.supervisor import ProcessSpec, Supervisor, todo_command
+
+    _configure_logging()
+    settings = get_settings()
+    database_url = resolve_database_url(settings, embedded_ok=True)
+    api_port = settings.port if port is None else port
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url
+    env["TODO_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["TODO_JWT_SECRET"] = settings.resolved_jwt_secret()
+    specs = [ProcessSpec("api", todo_command("serve", "--port", str(api_port)))]
+    supervisor = Supervisor(specs, env, console)
+    supervisor.start()
+    url = f"http://{settings.host}:{api_port}"
+    token_ = issue_token(settings.resolved_jwt_secret(), "dev-user", admin=True, ttl_seconds=86400)
+    console.print(f"[bold]tododb dev[/]: API {url}  docs {url}/docs")
+    console.print(f"[bold]dev token[/] (user dev-user, admin, 24h):\n{token_}")
+    console.print("Ctrl-C stops everything.")
+    try:
+        supervisor.wait()
+    finally:
+        supervisor.stop()
+        if supervisor.failed:
+            console.print(f"[red]{supervisor.failed}")
+        console.print("stopped.")
+    if supervisor.failed:
+        raise typer.Exit(1)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+if __name__ == "__main__":
+    app()

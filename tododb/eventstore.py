@@ -1,0 +1,79 @@
+"""The PostgreSQL event store: the library's recorder, made append-only in the database.
+
+The guard lives in PostgreSQL, not in Python, so no client (a bug, a console session,
+another service) can rewrite history: UPDATE, DELETE and TRUNCATE on the events table
+raise an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.sql import SQL, Identifier
+
+
+class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
+    """``PostgresApplicationRecorder`` plus triggers that reject changes to history."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema = Identifier(self.datastore.schema)
+        table = Identifier(self.events_table_name)
+        function = Identifier(f"{self.events_table_name}_reject_change")
+        self.sql_create_statements.extend(
+            [
+                SQL(
+                    "CREATE OR REPLACE FUNCTION {schema}.{function}() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN "
+                    "RAISE EXCEPTION 'the event store is append-only: % on % rejected', "
+                    "TG_OP, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege'; "
+                    "END $$"
+                ).format(schema=schema, function=function),
+                SQL(
+                    "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OR DELETE ON "
+                    "{schema}.{table} FOR EACH ROW EXECUTE FUNCTION {schema}.{function}()"
+                ).format(
+                    trigger=Identifier(f"{self.events_table_name}_append_only"),
+                    schema=schema,
+                    table=table,
+                    function=function,
+                ),
+                SQL(
+                    "CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE ON "
+                    "{schema}.{table} FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{function}()"
+                ).format(
+                    trigger=Identifier(f"{self.events_table_name}_no_truncate"),
+                    schema=schema,
+                    table=table,
+                    function=function,
+                ),
+            ]
+        )
+
+    def _create_table(self, curs: Any) -> None:
+        # Serialise schema set-up: several processes may start at once, and concurrent
+        # CREATE OR REPLACE FUNCTION on one function fails with "tuple concurrently updated".
+        curs.execute(SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))"))
+        super()._create_table(curs)
+
+    def last_position(self, originator_id: Any) -> int | None:
+        """Global log position of the aggregate's latest event."""
+        statement = SQL(
+            "SELECT notification_id FROM {schema}.{table} WHERE originator_id = %s "
+            "ORDER BY originator_version DESC LIMIT 1"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (originator_id,))
+            row = curs.fetchone()
+        return None if row is None else int(row["notification_id"])
+
+    def positions(self, originator_id: Any) -> dict[int, int]:
+        """Version → global log position, for listing a todo's events."""
+        statement = SQL(
+            "SELECT originator_version, notification_id FROM {schema}.{table} "
+            "WHERE originator_id = %s"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (originator_id,))
+            return {int(r["originator_version"]): int(r["notification_id"]) for r in curs}

@@ -1,0 +1,97 @@
+"""Run several long-lived processes as one: combined, prefixed logs; clean Ctrl-C.
+
+`todo dev` uses this to run the API and the workers as child processes, so each one
+is exactly what production runs (`todo serve`, `todo projections run`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.text import Text
+
+COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str
+    argv: Sequence[str]
+
+
+class Supervisor:
+    def __init__(self, specs: Sequence[ProcessSpec], env: Mapping[str, str], console: Console):
+        self.specs = specs
+        self.env = dict(env)
+        self.console = console
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.failed: str | None = None
+
+    def start(self) -> None:
+        width = max(len(s.name) for s in self.specs)
+        for i, spec in enumerate(self.specs):
+            proc = subprocess.Popen(  # noqa: S603 - argv built by us
+                list(spec.argv),
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+            )
+            self.procs[spec.name] = proc
+            label = Text(f"{spec.name:<{width}} | ", style=COLOURS[i % len(COLOURS)])
+            thread = threading.Thread(target=self._pump, args=(spec.name, proc, label), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, name: str, proc: subprocess.Popen[str], label: Text) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._lock:
+                self.console.print(label + Text(line.rstrip("\n")), soft_wrap=True)
+        code = proc.wait()
+        if not self.stopping.is_set():
+            self.failed = f"{name} exited with code {code}"
+            self.stopping.set()
+
+    def wait(self) -> None:
+        """Block until Ctrl-C / SIGTERM or until a child dies."""
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            self.stopping.set()
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        while not self.stopping.wait(0.5):
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.console.print(f"[red]{name} did not stop in {timeout}s; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+
+def todo_command(*args: str) -> list[str]:
+    """argv for a `todo` sub-command run with this interpreter."""
+    return [sys.executable, "-m", "tododb.cli", *args]
