@@ -1,0 +1,82 @@
+"""One active worker per job across processes: a PostgreSQL session advisory lock.
+
+The lock lives as long as the holder's connection, so a worker that dies (crash, kill -9,
+lost network) releases it without anyone cleaning up, and a standby takes over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for a lock name (what pg_advisory_lock takes)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class AdvisoryLock:
+    """``acquire()`` blocks as a standby until this process holds the named lock."""
+
+    def __init__(self, database_url: str, name: str) -> None:
+        self.database_url = database_url
+        self.name = name
+        self.key = lock_key(f"tododb:{name}")
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def try_acquire(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        held = bool(row and row[0])
+        if not held:
+            self._close()
+        return held
+
+    def acquire(self, stop: threading.Event, poll_seconds: float = 1.0) -> bool:
+        """True once held; False if ``stop`` was set while standing by."""
+        announced = False
+        while not stop.is_set():
+            try:
+                if self.try_acquire():
+                    log.info("%s: this process is now the active worker", self.name)
+                    return True
+            except psycopg.OperationalError as e:
+                log.warning("%s: cannot reach the database for the lock: %s", self.name, e)
+            if not announced:
+                log.info("%s: another process is active; standing by", self.name)
+                announced = True
+            stop.wait(poll_seconds)
+        return False
+
+    def is_held(self) -> bool:
+        """False when the lock's connection is gone (then another process may hold it)."""
+        if self._conn is None or self._conn.closed:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._close()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            except psycopg.Error:
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
