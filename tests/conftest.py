@@ -7,6 +7,7 @@ Either way the run gets its own database, dropped at the end, so runs never shar
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ from fastapi.testclient import TestClient
 from tododb.api.app import create_app
 from tododb.api.auth import issue_token
 from tododb.application import TodoApplication
-from tododb.bootstrap import build_application
+from tododb.bootstrap import build_application, build_read_side
 from tododb.database import start_embedded, with_database
+from tododb.projections.registry import ReadSide
+from tododb.projections.worker import run_all
 from tododb.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 32
@@ -65,6 +68,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         database_url=database_url,
         jwt_secret=TEST_SECRET,  # type: ignore[arg-type]
         data_dir=tmp_path_factory.mktemp("data"),
+        read_wait_seconds=2.0,
     )
 
 
@@ -76,8 +80,31 @@ def todo_app(settings: Settings, database_url: str) -> Iterator[TodoApplication]
 
 
 @pytest.fixture(scope="session")
-def client(settings: Settings, todo_app: TodoApplication) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, todo_app, close_on_shutdown=False)) as c:
+def read_side(settings: Settings, database_url: str) -> ReadSide:
+    side = build_read_side(settings, database_url)
+    side.ensure()
+    return side
+
+
+@pytest.fixture(scope="session")
+def projection_worker(read_side: ReadSide) -> Iterator[threading.Event]:
+    """The projection worker, running in this process for the whole session."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_all, args=(read_side, stop), daemon=True)
+    thread.start()
+    yield stop
+    stop.set()
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def client(
+    settings: Settings,
+    todo_app: TodoApplication,
+    read_side: ReadSide,
+    projection_worker: threading.Event,
+) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, todo_app, read_side, close_on_shutdown=False)) as c:
         yield c
 
 
@@ -97,3 +124,16 @@ def auth() -> Callable[..., dict[str, str]]:
 @pytest.fixture
 def headers(auth: Callable[..., dict[str, str]], user: str) -> dict[str, str]:
     return auth(user)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    """Wait for a condition (not a fixed time); fail with ``what`` after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

@@ -6,6 +6,8 @@ so that ownership is checked here, once, for every entry point (API, CLI, tests)
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -205,7 +207,10 @@ class TodoApplication(Application[UUID]):
         With ``expected_version`` the caller has pinned the state it decided on, so a
         lost race is the caller's conflict (412), never retried here.
         """
-        for _ in range(self.conflict_retries + 1):
+        for attempt in range(self.conflict_retries + 1):
+            if attempt:
+                # Jittered backoff: racing writers spread out instead of colliding again.
+                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
             todo = self._get_owned(owner, todo_id)
             if expected_version is not None and todo.version != expected_version:
                 raise PreconditionFailed(todo.version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tododb.application import TodoApplication
+from tododb.projections.registry import ReadSide
 from tododb.database import eventsourcing_env, start_embedded
 from tododb.settings import Settings
 
@@ -27,6 +28,10 @@ def application_env(settings: Settings, database_url: str) -> dict[str, str]:
     )
     env["APPLICATION_RECORDER_TOPIC"] = RECORDER_TOPIC
     return env
+
+
+def build_read_side(settings: Settings, database_url: str) -> ReadSide:
+    return ReadSide(database_url, application_env(settings, database_url), settings.views_schema)
 
 
 def build_application(settings: Settings, database_url: str) -> TodoApplication:

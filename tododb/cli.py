@@ -15,7 +15,7 @@ app = typer.Typer(help="tododb: an event-sourced todo backend.", no_args_is_help
 console = Console()
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     logging.basicConfig(
         level=os.environ.get("TODO_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -45,12 +45,12 @@ def serve(
     import uvicorn
 
     from tododb.api.app import create_app
-    from tododb.bootstrap import build_application, resolve_database_url
+    from tododb.bootstrap import build_application, build_read_side, resolve_database_url
 
-    _configure_logging()
+    configure_logging()
     settings = get_settings()
     url = resolve_database_url(settings, embedded_ok=False)
-    api = create_app(settings, build_application(settings, url))
+    api = create_app(settings, build_application(settings, url), build_read_side(settings, url))
     uvicorn.run(
         api,
         host=host or settings.host,
@@ -69,7 +69,7 @@ def dev(
     from tododb.bootstrap import resolve_database_url
     from tododb.supervisor import ProcessSpec, Supervisor, todo_command
 
-    _configure_logging()
+    configure_logging()
     settings = get_settings()
     database_url = resolve_database_url(settings, embedded_ok=True)
     api_port = settings.port if port is None else port
@@ -77,7 +77,10 @@ def dev(
     env["DATABASE_URL"] = database_url
     env["TODO_DATA_DIR"] = str(settings.data_dir.resolve())
     env["TODO_JWT_SECRET"] = settings.resolved_jwt_secret()
-    specs = [ProcessSpec("api", todo_command("serve", "--port", str(api_port)))]
+    specs = [
+        ProcessSpec("api", todo_command("serve", "--port", str(api_port))),
+        ProcessSpec("projections", todo_command("projections", "run")),
+    ]
     supervisor = Supervisor(specs, env, console)
     supervisor.start()
     url = f"http://{settings.host}:{api_port}"
@@ -98,6 +101,21 @@ def dev(
 
 def _settings() -> Settings:
     return get_settings()
+
+
+def _register_sub_commands() -> None:
+    from tododb.projections.cli import app as projections_app
+
+    app.add_typer(projections_app, name="projections")
+    from tododb.relay.cli import app as relay_app
+
+    app.add_typer(relay_app, name="relay")
+    from tododb.consumers.cli import app as consumer_app
+
+    app.add_typer(consumer_app, name="consumer")
+
+
+_register_sub_commands()
 
 
 if __name__ == "__main__":

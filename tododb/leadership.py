@@ -6,9 +6,11 @@ lost network) releases it without anyone cleaning up, and a standby takes over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
+from typing import Any
 
 import psycopg
 
@@ -68,10 +70,8 @@ class AdvisoryLock:
 
     def release(self) -> None:
         if self._conn is not None and not self._conn.closed:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-            except psycopg.Error:
-                pass
         self._close()
 
     def _close(self) -> None:
@@ -80,3 +80,17 @@ class AdvisoryLock:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def lock_holders(conn: psycopg.Connection[Any], name: str) -> int:
+    """How many sessions hold the named lock (0 or 1): lets status pages say 'running'."""
+    key = lock_key(f"tododb:{name}") & 0xFFFFFFFFFFFFFFFF
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchone()
+    if row is None:
+        return 0
+    value = row["count"] if isinstance(row, dict) else row[0]
+    return int(value)

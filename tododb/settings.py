@@ -23,6 +23,10 @@ class Settings(BaseSettings):
         description="Where dev mode keeps the embedded PostgreSQL data and the dev JWT secret.",
     )
     db_schema: str = Field(default="public", description="Schema of the event store tables.")
+    views_schema: str = Field(default="readmodels", description="Schema of the read models.")
+    read_wait_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="How long X-Min-Position may wait."
+    )
     db_pool_size: int = Field(default=10, ge=1)
     db_pool_max_overflow: int = Field(default=10, ge=0)
     db_connect_timeout: int = Field(
@@ -39,6 +43,37 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     conflict_retries: int = Field(default=8, ge=0)
+
+    # ---- Kafka: relay and consumers ---------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "TODO_KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,...] of the Kafka brokers; unset means `todo dev` starts Tansu.",
+    )
+    kafka_topic: str = Field(default="todos.task", min_length=1)
+    kafka_topic_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the topic when the relay creates it."
+    )
+    kafka_idempotence: bool = Field(
+        default=True,
+        description="Idempotent producer; must be false for Tansu, which rejects InitProducerId.",
+    )
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=100)
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    consumer_max_attempts: int = Field(
+        default=5, ge=1, description="Handler attempts before a message goes to the DLQ."
+    )
+    consumer_backoff_seconds: float = Field(default=0.2, ge=0)
+    consumer_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    consumer_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    webhook_max_attempts: int = Field(default=6, ge=1)
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_circuit_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures that open an endpoint's circuit."
+    )
+    webhook_circuit_cooldown_seconds: float = Field(default=60.0, ge=0)
 
     def resolved_jwt_secret(self) -> str:
         """The configured secret, else a per-data-dir random one made on first use."""

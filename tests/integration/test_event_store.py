@@ -133,7 +133,7 @@ def test_database_loss_is_503_not_500(
 ) -> None:
     from tests.conftest import create_database, drop_database
     from tododb.api.app import create_app
-    from tododb.bootstrap import build_application
+    from tododb.bootstrap import build_application, build_read_side
     from tododb.database import with_database
     from tododb.settings import Settings
 
@@ -143,7 +143,7 @@ def test_database_loss_is_503_not_500(
     todo_app = build_application(
         settings.model_copy(update={"database_url": url, "db_connect_timeout": 1}), url
     )
-    with TestClient(create_app(settings, todo_app)) as c:
+    with TestClient(create_app(settings, todo_app, build_read_side(settings, url))) as c:
         assert c.get("/readyz").status_code == 200
         drop_database(server_url, name)
         assert c.get("/readyz").status_code == 503

@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tododb.api import health, todos
+from tododb.api import admin, health, queries, todos
 from tododb.api.body_limit import BodySizeLimit
+from tododb.api.positions import PositionWatcher
 from tododb.api.problems import install_problem_handlers
 from tododb.application import TodoApplication
+from tododb.projections.queries import ReadModelQueries
+from tododb.projections.registry import ReadSide
 from tododb.settings import Settings
 
 DESCRIPTION = """
@@ -21,13 +24,24 @@ last event. Errors are RFC 9457 `application/problem+json`.
 
 
 def create_app(
-    settings: Settings, todo_app: TodoApplication, *, close_on_shutdown: bool = True
+    settings: Settings,
+    todo_app: TodoApplication,
+    read_side: ReadSide,
+    *,
+    close_on_shutdown: bool = True,
 ) -> FastAPI:
+    watcher = PositionWatcher(read_side.database_url, read_side.schema)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if close_on_shutdown:
-            todo_app.close()
+        read_side.ensure()
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+            if close_on_shutdown:
+                todo_app.close()
 
     app = FastAPI(
         title="tododb",
@@ -36,10 +50,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.todo_app = todo_app
+    app.state.read_side = read_side
+    app.state.read_queries = ReadModelQueries(read_side.schema)
+    app.state.position_watcher = watcher
+    app.state.read_wait_seconds = settings.read_wait_seconds
     app.state.jwt_secret = settings.resolved_jwt_secret()
     app.state.jwt_leeway = settings.jwt_leeway_seconds
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(queries.router)
     app.include_router(todos.router)
+    app.include_router(admin.router)
     return app

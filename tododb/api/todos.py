@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Response, status
 
 from tododb.api.auth import CurrentUser
 from tododb.api.deps import ExpectedVersion, TodoApp
@@ -52,21 +52,6 @@ def create_todo(
     if not result.recorded:
         response.headers["Idempotent-Replayed"] = "true"
     return _answer(response, result)
-
-
-@router.get("/{todo_id}", response_model=TodoOut)
-def get_todo(
-    todo_id: UUID,
-    user: CurrentUser,
-    app: TodoApp,
-    response: Response,
-    as_of_version: Annotated[
-        int | None, Query(ge=1, description="Time travel: the state at this version.")
-    ] = None,
-) -> TodoOut:
-    todo = app.get_todo(user.id, todo_id, version=as_of_version)
-    response.headers["ETag"] = f'"{todo.version}"'
-    return TodoOut.from_todo(todo)
 
 
 @router.get("/{todo_id}/events", response_model=list[EventOut])

@@ -1,0 +1,1 @@
+"""The read side: projections of the global event log into PostgreSQL read models."""

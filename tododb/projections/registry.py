@@ -1,0 +1,194 @@
+"""Which generation of each read model is live, and the atomic swap between them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
+from psycopg.rows import dict_row
+from psycopg.sql import SQL, Identifier, Literal
+
+from tododb.projections.projection import generation_name
+from tododb.projections.views import APPLICATION_NAME, VIEW_CLASSES, TodoRowsView
+
+KINDS = tuple(VIEW_CLASSES)
+
+
+@dataclass(frozen=True)
+class ReadSide:
+    """Where the read models live: a database URL, the library env, and a schema."""
+
+    database_url: str
+    env: dict[str, str]
+    schema: str = "readmodels"
+
+    def view_env(self, kind: str, generation: int) -> Environment:
+        name = generation_name(kind, generation)
+        env = dict(self.env)
+        env[f"{name.upper()}_POSTGRES_SCHEMA"] = self.schema
+        env[f"{name.upper()}_POSTGRES_POOL_SIZE"] = "2"
+        env[f"{name.upper()}_POSTGRES_MAX_OVERFLOW"] = "2"
+        return Environment(name, env)
+
+    def runner_env(self, kind: str, generation: int) -> dict[str, str]:
+        """Env for a ProjectionRunner: the app's settings plus the view's schema."""
+        env = dict(self.view_env(kind, generation))
+        env["POSTGRES_POOL_SIZE"] = "2"
+        return env
+
+    def open_view(self, kind: str, generation: int) -> TodoRowsView:
+        """Construct (and create the tables of) one generation of a view."""
+        factory = InfrastructureFactory.construct(env=self.view_env(kind, generation))
+        view = factory.tracking_recorder(VIEW_CLASSES[kind])
+        assert isinstance(view, TodoRowsView)
+        return view
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with psycopg.connect(self.database_url, row_factory=dict_row, autocommit=True) as conn:
+            yield conn
+
+    # ---- registry ------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Create the schema, the registry and generation 1 of every view, once."""
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('tododb.readmodels.ddl'))")
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(self.schema)))
+            conn.execute(
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.projections (name text PRIMARY KEY, "
+                    "generation integer NOT NULL, activated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(Identifier(self.schema))
+            )
+            conn.execute(
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.rebuilds (id uuid PRIMARY KEY, "
+                    "name text NOT NULL, generation integer NOT NULL, status text NOT NULL, "
+                    "position bigint NOT NULL DEFAULT 0, head bigint NOT NULL DEFAULT 0, "
+                    "events_per_second double precision, started_at timestamptz NOT NULL "
+                    "DEFAULT now(), finished_at timestamptz, error text)"
+                ).format(Identifier(self.schema))
+            )
+            missing = [k for k in KINDS if self._generation(conn, k) is None]
+        for kind in missing:
+            view = self.open_view(kind, 1)
+            view.create_indexes()
+            view.datastore.close()
+            self.activate(kind, 1)
+
+    def _generation(self, conn: psycopg.Connection[dict[str, Any]], kind: str) -> int | None:
+        row = conn.execute(
+            SQL("SELECT generation FROM {}.projections WHERE name = %s").format(
+                Identifier(self.schema)
+            ),
+            (kind,),
+        ).fetchone()
+        return None if row is None else int(row["generation"])
+
+    def active_generation(self, kind: str) -> int:
+        with self.connect() as conn:
+            generation = self._generation(conn, kind)
+        if generation is None:
+            raise LookupError(f"read model {kind!r} has not been set up")
+        return generation
+
+    def next_generation(self, kind: str) -> int:
+        with self.connect() as conn:
+            row = conn.execute(
+                SQL(
+                    "SELECT greatest(coalesce(max(generation), 0), "
+                    "(SELECT coalesce(max(generation), 0) FROM {0}.rebuilds WHERE name = %s)) "
+                    "AS g FROM {0}.projections WHERE name = %s"
+                ).format(Identifier(self.schema)),
+                (kind, kind),
+            ).fetchone()
+        return int(row["g"] if row else 0) + 1
+
+    def activate(self, kind: str, generation: int) -> None:
+        """Point the stable SQL views at ``generation``, atomically with the registry."""
+        view_tables = VIEW_CLASSES[kind].sql_views_for(generation_name(kind, generation))
+        schema = Identifier(self.schema)
+        with self.connect() as conn, conn.transaction():
+            for view_name, table in view_tables.items():
+                conn.execute(
+                    SQL("CREATE OR REPLACE VIEW {0}.{1} AS SELECT * FROM {0}.{2}").format(
+                        schema, Identifier(view_name), Identifier(table)
+                    )
+                )
+            conn.execute(
+                SQL(
+                    "CREATE OR REPLACE VIEW {0}.{1} AS SELECT notification_id AS position "
+                    "FROM {0}.{2} WHERE application_name = {3}"
+                ).format(
+                    schema,
+                    Identifier(f"{kind}_position"),
+                    Identifier(f"{generation_name(kind, generation)}_tracking"),
+                    Literal(APPLICATION_NAME),
+                )
+            )
+            conn.execute(
+                SQL(
+                    "INSERT INTO {}.projections (name, generation) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET generation = EXCLUDED.generation, "
+                    "activated_at = now()"
+                ).format(schema),
+                (kind, generation),
+            )
+            conn.execute(SQL("SELECT pg_notify('tododb_views', %s)"), (kind,))
+
+    def drop_generations_before(self, kind: str, generation: int) -> list[int]:
+        """Drop the tables of generations older than ``generation``."""
+        schema_rows = []
+        with self.connect() as conn:
+            schema_rows = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename ~ %s",
+                (self.schema, f"^{kind}_g[0-9]+(_|$)"),
+            ).fetchall()
+            dropped: set[int] = set()
+            for r in schema_rows:
+                g = int(r["tablename"].removeprefix(f"{kind}_g").split("_")[0])
+                if g < generation:
+                    conn.execute(
+                        SQL("DROP TABLE IF EXISTS {}.{}").format(
+                            Identifier(self.schema), Identifier(r["tablename"])
+                        )
+                    )
+                    dropped.add(g)
+        return sorted(dropped)
+
+    def position(self, kind: str) -> int:
+        with self.connect() as conn:
+            return read_position(conn, self.schema, kind)
+
+
+def read_position(conn: psycopg.Connection[Any], schema: str, kind: str) -> int:
+    row = conn.execute(
+        SQL("SELECT max(position) AS p FROM {}.{}").format(
+            Identifier(schema), Identifier(f"{kind}_position")
+        )
+    ).fetchone()
+    if row is None:
+        return 0
+    value = row["p"] if isinstance(row, dict) else row[0]
+    return int(value or 0)
+
+
+@dataclass(frozen=True)
+class RebuildRecord:
+    id: str
+    name: str
+    generation: int
+    status: str
+    position: int
+    head: int
+    events_per_second: float | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None

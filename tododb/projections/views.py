@@ -1,0 +1,229 @@
+"""Read models as tracking recorders: each update commits with its log position.
+
+A view is one *generation* of tables (``todos_g3``, ``todos_g3_tracking``). Queries read
+stable SQL views (``readmodels.todos``) that point at the active generation, so a
+rebuild can fill a new generation while the old one keeps serving, then swap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from tododb.projections.rows import TodoRow, fold
+
+NOTIFY_CHANNEL = "tododb_views"
+APPLICATION_NAME = "todos"
+
+_ROW_DDL = (
+    "id uuid PRIMARY KEY, owner text NOT NULL, title text NOT NULL, "
+    "description text NOT NULL, due timestamptz, priority text NOT NULL, "
+    "tags text[] NOT NULL, status text NOT NULL, created_at timestamptz NOT NULL, "
+    "updated_at timestamptz NOT NULL, completed_at timestamptz, version integer NOT NULL, "
+    "deleted boolean NOT NULL, position bigint NOT NULL"
+)
+
+
+class TodoRowsView(PostgresTrackingRecorder):
+    """A table of todo rows folded from events, plus the library's tracking table."""
+
+    kind = ""
+
+    def __init__(self, datastore: PostgresDatastore, *, tracking_table_name: str, **kw: Any):
+        super().__init__(datastore, tracking_table_name=tracking_table_name, **kw)
+        self.prefix = tracking_table_name.removesuffix("_tracking")
+        self.schema = Identifier(datastore.schema)
+        self.rows_table = Identifier(self.rows_table_name)
+        self.sql_create_statements.extend(self.table_statements())
+        columns = SQL(", ").join(Identifier(c) for c in TodoRow.COLUMNS)
+        updates = SQL(", ").join(
+            SQL("{0} = EXCLUDED.{0}").format(Identifier(c)) for c in TodoRow.COLUMNS[1:]
+        )
+        self.upsert_statement = SQL(
+            "INSERT INTO {schema}.{table} ({columns}) VALUES ({values}) "
+            "ON CONFLICT (id) DO UPDATE SET {updates}"
+        ).format(
+            schema=self.schema,
+            table=self.rows_table,
+            columns=columns,
+            updates=updates,
+            values=SQL(", ").join(SQL("%s") for _ in TodoRow.COLUMNS),
+        )
+        self.select_rows_statement = SQL(
+            "SELECT * FROM {schema}.{table} WHERE id = ANY(%s) FOR UPDATE"
+        ).format(schema=self.schema, table=self.rows_table)
+
+    @property
+    def rows_table_name(self) -> str:
+        return self.prefix
+
+    def table_statements(self) -> list[Composed]:
+        return [
+            SQL("CREATE TABLE IF NOT EXISTS {schema}.{table} ({ddl})").format(
+                schema=self.schema, table=self.rows_table, ddl=SQL(_ROW_DDL)
+            )
+        ]
+
+    def index_statements(self) -> list[Composed]:
+        """Created after a rebuild has loaded its rows: bulk loads are faster without."""
+        return []
+
+    def create_indexes(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for statement in self.index_statements():
+                curs.execute(statement)
+
+    def apply(self, events: Sequence[tuple[Any, int]], tracking: Tracking) -> None:
+        """Fold ``(event, position)`` pairs in and record ``tracking``, in one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            ids = list({e.originator_id for e, _ in events})
+            curs.execute(self.select_rows_statement, (ids,), prepare=True)
+            before = {r["id"]: TodoRow.from_record(r) for r in curs.fetchall()}
+            after: dict[UUID, TodoRow | None] = dict(before)
+            for event, position in events:
+                after[event.originator_id] = fold(after.get(event.originator_id), event, position)
+            changed = [
+                (before.get(i), row)
+                for i, row in after.items()
+                if row is not None and row is not before.get(i)
+            ]
+            if changed:
+                curs.executemany(self.upsert_statement, [new.values() for _, new in changed])
+                self.after_rows_changed(curs, changed)
+            self._insert_tracking(curs, tracking)
+            curs.execute(SQL("SELECT pg_notify(%s, %s)"), (NOTIFY_CHANNEL, self.kind))
+
+    def after_rows_changed(
+        self, curs: Cursor[DictRow], changed: list[tuple[TodoRow | None, TodoRow]]
+    ) -> None:
+        """Hook for views that derive more from each row change."""
+
+    def drop(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for table in self.owned_tables():
+                curs.execute(
+                    SQL("DROP TABLE IF EXISTS {0}.{1}").format(self.schema, Identifier(table))
+                )
+
+    def owned_tables(self) -> list[str]:
+        return [self.rows_table_name, self.tracking_table_name]
+
+    @classmethod
+    def sql_views_for(cls, prefix: str) -> dict[str, str]:
+        """Stable view name → the table of generation ``prefix`` it exposes."""
+        return {}
+
+
+class TodosView(TodoRowsView):
+    """The current state of every todo: the API representation plus owner and deleted."""
+
+    kind = "todos"
+
+    def index_statements(self) -> list[Composed]:
+        t = self.rows_table_name
+        specs = {
+            f"{t}_owner_created": "(owner, created_at, id) WHERE NOT deleted",
+            f"{t}_owner_updated": "(owner, updated_at, id) WHERE NOT deleted",
+            f"{t}_owner_due": (
+                "(owner, (COALESCE(due, 'infinity'::timestamptz)), id) WHERE NOT deleted"
+            ),
+            f"{t}_tags": "USING gin (tags)",
+        }
+        return [
+            SQL("CREATE INDEX IF NOT EXISTS {name} ON {schema}.{table} {spec}").format(
+                name=Identifier(name),
+                schema=self.schema,
+                table=self.rows_table,
+                spec=SQL(spec),
+            )
+            for name, spec in specs.items()
+        ]
+
+    @classmethod
+    def sql_views_for(cls, prefix: str) -> dict[str, str]:
+        return {"todos": prefix}
+
+
+def _counts(row: TodoRow | None) -> tuple[int, int, int]:
+    """(open, completed, total) that one todo contributes to its owner's stats."""
+    if row is None or row.deleted:
+        return (0, 0, 0)
+    return (1, 0, 1) if row.status == "open" else (0, 1, 1)
+
+
+class StatsView(TodoRowsView):
+    """Per-user figures: counters kept per event; time-relative ones by indexed query."""
+
+    kind = "stats"
+
+    def __init__(self, datastore: PostgresDatastore, *, tracking_table_name: str, **kw: Any):
+        super().__init__(datastore, tracking_table_name=tracking_table_name, **kw)
+        self.users_table = Identifier(self.users_table_name)
+        self.bump_statement = SQL(
+            "INSERT INTO {schema}.{table} AS u (owner, open, completed, total) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET "
+            "open = u.open + EXCLUDED.open, completed = u.completed + EXCLUDED.completed, "
+            "total = u.total + EXCLUDED.total"
+        ).format(schema=self.schema, table=self.users_table)
+
+    @property
+    def rows_table_name(self) -> str:
+        return f"{self.prefix}_todos"
+
+    @property
+    def users_table_name(self) -> str:
+        return f"{self.prefix}_users"
+
+    def table_statements(self) -> list[Composed]:
+        return [
+            *super().table_statements(),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{table} (owner text PRIMARY KEY, "
+                "open integer NOT NULL, completed integer NOT NULL, total integer NOT NULL)"
+            ).format(schema=self.schema, table=Identifier(self.users_table_name)),
+        ]
+
+    def index_statements(self) -> list[Composed]:
+        t = self.rows_table_name
+        specs = {
+            f"{t}_open_due": "(owner, due) WHERE status = 'open' AND NOT deleted",
+            f"{t}_completed_at": "(owner, completed_at) WHERE status = 'completed' AND NOT deleted",
+        }
+        return [
+            SQL("CREATE INDEX IF NOT EXISTS {name} ON {schema}.{table} {spec}").format(
+                name=Identifier(name),
+                schema=self.schema,
+                table=self.rows_table,
+                spec=SQL(spec),
+            )
+            for name, spec in specs.items()
+        ]
+
+    def after_rows_changed(
+        self, curs: Cursor[DictRow], changed: list[tuple[TodoRow | None, TodoRow]]
+    ) -> None:
+        deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for old, new in changed:
+            for i, (a, b) in enumerate(zip(_counts(old), _counts(new), strict=True)):
+                deltas[new.owner][i] += b - a
+        bumps = [(owner, *d) for owner, d in sorted(deltas.items()) if any(d)]
+        if bumps:
+            curs.executemany(self.bump_statement, bumps)
+
+    def owned_tables(self) -> list[str]:
+        return [*super().owned_tables(), self.users_table_name]
+
+    @classmethod
+    def sql_views_for(cls, prefix: str) -> dict[str, str]:
+        return {"stats_todos": f"{prefix}_todos", "stats_users": f"{prefix}_users"}
+
+
+VIEW_CLASSES: dict[str, type[TodoRowsView]] = {"todos": TodosView, "stats": StatsView}

@@ -1,0 +1,75 @@
+"""The projection worker: one library ProjectionRunner per read model, in standby pairs.
+
+Each read model is run by exactly one process at a time (an advisory lock); other
+workers stand by and take over when it dies. The runner follows the log through the
+library's LISTEN/NOTIFY subscription and switches when a rebuild swaps generations.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from eventsourcing.projection import ProjectionRunner
+
+from tododb.application import TodoApplication
+from tododb.leadership import AdvisoryLock
+from tododb.projections.projection import projection_class
+from tododb.projections.registry import KINDS, ReadSide
+from tododb.projections.views import VIEW_CLASSES
+
+log = logging.getLogger(__name__)
+
+
+def run_projection(read_side: ReadSide, kind: str, stop: threading.Event) -> None:
+    """Run ``kind`` until ``stop`` is set: acquire, run, re-acquire after any failure."""
+    lock = AdvisoryLock(read_side.database_url, f"projection:{kind}")
+    backoff = 0.5
+    while not stop.is_set():
+        if not lock.acquire(stop):
+            return
+        try:
+            _run_while_leader(read_side, kind, lock, stop)
+            backoff = 0.5
+        except Exception:
+            log.exception("projection %s failed; restarting in %.1fs", kind, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+        finally:
+            lock.release()
+
+
+def _run_while_leader(
+    read_side: ReadSide, kind: str, lock: AdvisoryLock, stop: threading.Event
+) -> None:
+    while not stop.is_set() and lock.is_held():
+        generation = read_side.active_generation(kind)
+        log.info("projection %s: running generation %d", kind, generation)
+        with ProjectionRunner(
+            application_class=TodoApplication,
+            projection_class=projection_class(kind, generation),
+            view_class=VIEW_CLASSES[kind],
+            env=read_side.runner_env(kind, generation),
+        ) as runner:
+            runner.view.create_indexes()
+            while (
+                not stop.is_set()
+                and lock.is_held()
+                and read_side.active_generation(kind) == generation
+            ):
+                runner.run_forever(timeout=1.0)  # re-raises the processing thread's error
+        if not stop.is_set() and lock.is_held():
+            log.info("projection %s: generation swapped, switching", kind)
+
+
+def run_all(read_side: ReadSide, stop: threading.Event, kinds: tuple[str, ...] = KINDS) -> None:
+    """Run every projection in its own thread until ``stop`` is set."""
+    read_side.ensure()
+    threads = [
+        threading.Thread(target=run_projection, args=(read_side, k, stop), name=f"projection-{k}")
+        for k in kinds
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
