@@ -87,6 +87,7 @@ def lock_holders(conn: psycopg.Connection[Any], name: str) -> int:
     key = lock_key(f"tododb:{name}") & 0xFFFFFFFFFFFFFFFF
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1",
         (key >> 32, key & 0xFFFFFFFF),
     ).fetchone()
