@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg.sql import SQL, Identifier
 
@@ -56,6 +57,31 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         # CREATE OR REPLACE FUNCTION on one function fails with "tuple concurrently updated".
         curs.execute(SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))"))
         super()._create_table(curs)
+
+    def select_partition(
+        self, after: int, until: int, partitions: int, partition: int, limit: int
+    ) -> list[Notification]:
+        """Notifications in (after, until] of the todos whose id falls in ``partition``.
+
+        Lets several processes replay the log in parallel, each reading only its share.
+        """
+        statement = SQL(
+            "SELECT * FROM {schema}.{table} WHERE notification_id > %s AND notification_id <= %s "
+            "AND get_byte(uuid_send(originator_id), 15) %% %s = %s "
+            "ORDER BY notification_id LIMIT %s"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (after, until, partitions, partition, limit), prepare=True)
+            return [
+                Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
 
     def last_position(self, originator_id: Any) -> int | None:
         """Global log position of the aggregate's latest event."""

@@ -88,12 +88,13 @@ def test_rebuild_is_equivalent_to_the_live_view(
     random_commands(todo_app, 300, seed=7)
     wait_until(lambda: caught_up(todo_app, read_side), what="live projections to catch up")
     live = {t: view_rows(read_side, t) for t in ("todos", "stats_todos", "stats_users")}
-    for kind in ("todos", "stats"):
-        result = rebuild(read_side, kind, batch_size=37)
-        assert result.events == todo_app.head_position()
-        assert read_side.active_generation(kind) == result.generation
-    rebuilt = {t: view_rows(read_side, t) for t in ("todos", "stats_todos", "stats_users")}
-    assert rebuilt == live
+    for partitions in (1, 2):  # in order in one process, and split across processes
+        for kind in ("todos", "stats"):
+            result = rebuild(read_side, kind, batch_size=37, partitions=partitions)
+            assert result.events == todo_app.head_position()
+            assert read_side.active_generation(kind) == result.generation
+        rebuilt = {t: view_rows(read_side, t) for t in ("todos", "stats_todos", "stats_users")}
+        assert rebuilt == live, f"rebuild with {partitions} partition(s) differs"
     expected = truth(todo_app, read_side)
     assert {r["id"]: TodoRow.from_record(r) for r in rebuilt["todos"]} == expected
     totals = {}

@@ -53,7 +53,7 @@ def run() -> None:
 @app.command("rebuild")
 def rebuild_command(
     name: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")],
-    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 5000,
 ) -> None:
     """Replay the whole log into a fresh copy of NAME, then swap it in atomically."""
     from tododb.projections.rebuild import RebuildInProgress, rebuild

@@ -7,6 +7,7 @@ domain about what an event means.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -96,15 +97,27 @@ class TodoRow:
         return todo
 
 
-def fold(row: TodoRow | None, domain_event: Any, position: int) -> TodoRow | None:
-    """The row after ``domain_event``; ``None`` if the event does not concern todos.
+def fold_events(
+    before: Mapping[UUID, TodoRow], events: Sequence[tuple[Any, int]]
+) -> dict[UUID, TodoRow]:
+    """Rows changed by ``(event, position)`` pairs, given the rows as they were.
 
-    Events at or below the row's version are already in it (replays are no-ops).
+    Each todo's aggregate is rebuilt from its row once and then mutated by its events in
+    order; events at or below the row's version are already in it (replays are no-ops).
     """
-    if not isinstance(domain_event, Todo.Event):
-        return row
-    if row is not None and domain_event.originator_version <= row.version:
-        return row
-    todo = domain_event.mutate(None if row is None else row.to_aggregate())
-    assert isinstance(todo, Todo)
-    return TodoRow.from_aggregate(todo, position)
+    aggregates: dict[UUID, Todo] = {}
+    positions: dict[UUID, int] = {}
+    for event, position in events:
+        if not isinstance(event, Todo.Event):
+            continue
+        todo_id = event.originator_id
+        todo = aggregates.get(todo_id)
+        if todo is None and todo_id in before:
+            todo = before[todo_id].to_aggregate()
+        if todo is not None and event.originator_version <= todo.version:
+            continue
+        mutated = event.mutate(todo)
+        assert isinstance(mutated, Todo)
+        aggregates[todo_id] = mutated
+        positions[todo_id] = position
+    return {i: TodoRow.from_aggregate(t, positions[i]) for i, t in aggregates.items()}

@@ -18,7 +18,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from tododb.projections.rows import TodoRow, fold
+from tododb.projections.rows import TodoRow, fold_events
 
 NOTIFY_CHANNEL = "tododb_views"
 APPLICATION_NAME = "todos"
@@ -57,6 +57,10 @@ class TodoRowsView(PostgresTrackingRecorder):
             updates=updates,
             values=SQL(", ").join(SQL("%s") for _ in TodoRow.COLUMNS),
         )
+        self.upsert_from_batch_statement = SQL(
+            "INSERT INTO {schema}.{table} ({columns}) SELECT {columns} FROM todo_rows_batch "
+            "ON CONFLICT (id) DO UPDATE SET {updates}"
+        ).format(schema=self.schema, table=self.rows_table, columns=columns, updates=updates)
         self.select_rows_statement = SQL(
             "SELECT * FROM {schema}.{table} WHERE id = ANY(%s) FOR UPDATE"
         ).format(schema=self.schema, table=self.rows_table)
@@ -83,23 +87,39 @@ class TodoRowsView(PostgresTrackingRecorder):
 
     def apply(self, events: Sequence[tuple[Any, int]], tracking: Tracking) -> None:
         """Fold ``(event, position)`` pairs in and record ``tracking``, in one transaction."""
+        first_version: dict[UUID, int] = {}
+        for event, _ in events:
+            first_version.setdefault(event.originator_id, event.originator_version)
+        # A todo whose first event here is its creation has no row yet: skip the lookup.
+        existing = [i for i, version in first_version.items() if version > 1]
         with self.datastore.transaction(commit=True) as curs:
-            ids = list({e.originator_id for e, _ in events})
-            curs.execute(self.select_rows_statement, (ids,), prepare=True)
-            before = {r["id"]: TodoRow.from_record(r) for r in curs.fetchall()}
-            after: dict[UUID, TodoRow | None] = dict(before)
-            for event, position in events:
-                after[event.originator_id] = fold(after.get(event.originator_id), event, position)
-            changed = [
-                (before.get(i), row)
-                for i, row in after.items()
-                if row is not None and row is not before.get(i)
-            ]
-            if changed:
-                curs.executemany(self.upsert_statement, [new.values() for _, new in changed])
-                self.after_rows_changed(curs, changed)
+            before: dict[UUID, TodoRow] = {}
+            if existing:
+                curs.execute(self.select_rows_statement, (existing,), prepare=True)
+                before = {r["id"]: TodoRow.from_record(r) for r in curs.fetchall()}
+            after = fold_events(before, events)
+            if after:
+                self._upsert(curs, list(after.values()))
+                self.after_rows_changed(curs, [(before.get(i), row) for i, row in after.items()])
             self._insert_tracking(curs, tracking)
             curs.execute(SQL("SELECT pg_notify(%s, %s)"), (NOTIFY_CHANNEL, self.kind))
+
+    def _upsert(self, curs: Cursor[DictRow], rows: list[TodoRow]) -> None:
+        if len(rows) < 64:
+            curs.executemany(self.upsert_statement, [row.values() for row in rows])
+            return
+        # Large batches (rebuilds): COPY into a scratch table, then one upsert statement.
+        curs.execute(
+            SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS todo_rows_batch "
+                "(LIKE {schema}.{table}) ON COMMIT DELETE ROWS"
+            ).format(schema=self.schema, table=self.rows_table)
+        )
+        columns = SQL(", ").join(Identifier(c) for c in TodoRow.COLUMNS)
+        with curs.copy(SQL("COPY todo_rows_batch ({}) FROM STDIN").format(columns)) as copy:
+            for row in rows:
+                copy.write_row(row.values())
+        curs.execute(self.upsert_from_batch_statement)
 
     def after_rows_changed(
         self, curs: Cursor[DictRow], changed: list[tuple[TodoRow | None, TodoRow]]
