@@ -22,9 +22,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_database, rate  # noqa: E402
-from tododb.bootstrap import build_application  # noqa: E402
-from tododb.settings import Settings  # noqa: E402
+from bench.common import bench_database, rate
+from tododb.bootstrap import build_application
+from tododb.settings import Settings
 
 STATE = b'{"title": "benchmark todo", "description": "", "tags": ["a", "b"]}' * 2
 

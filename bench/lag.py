@@ -27,10 +27,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_database  # noqa: E402
-from tododb.bootstrap import build_application, build_read_side  # noqa: E402
-from tododb.projections.registry import read_position  # noqa: E402
-from tododb.settings import Settings  # noqa: E402
+from bench.common import bench_database
+from tododb.bootstrap import build_application, build_read_side
+from tododb.projections.registry import read_position
+from tododb.settings import Settings
 
 
 def pct(values: list[float], p: float) -> float:

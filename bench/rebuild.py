@@ -23,16 +23,17 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_database  # noqa: E402
-from tododb.bootstrap import build_application, build_read_side  # noqa: E402
-from tododb.domain import Todo  # noqa: E402
-from tododb.projections.rebuild import rebuild  # noqa: E402
-from tododb.settings import Settings  # noqa: E402
+from bench.common import bench_database
+from tododb.bootstrap import build_application, build_read_side
+from tododb.domain import Todo
+from tododb.projections.rebuild import rebuild
+from tododb.settings import Settings
 
 
 def write_fixture(app: object, events: int, console: Console) -> None:
     """~4 events per todo: created, title changed, due set, completed."""
-    assert hasattr(app, "mapper") and hasattr(app, "recorder")
+    assert hasattr(app, "mapper")
+    assert hasattr(app, "recorder")
     due = datetime(2031, 1, 1, tzinfo=UTC)
     batch: list[object] = []
     written = 0
@@ -55,7 +56,8 @@ def write_fixture(app: object, events: int, console: Console) -> None:
 
 
 def raw_read_decode(app: object, page: int = 2000) -> tuple[int, float]:
-    assert hasattr(app, "mapper") and hasattr(app, "recorder")
+    assert hasattr(app, "mapper")
+    assert hasattr(app, "recorder")
     start = time.perf_counter()
     position, count = 0, 0
     while True:
