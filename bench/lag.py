@@ -79,6 +79,11 @@ def main() -> None:
             [sys.executable, "-m", "tododb.cli", "projections", "run"],
             env={**os.environ, "DATABASE_URL": url, "TODO_LOG_LEVEL": "WARNING"},
         )
+        warm = app.create_todo("warm-up", title="warm-up").position or 0
+        deadline = time.perf_counter() + 60
+        while read_side.position("todos") < warm:  # the worker is up and caught up
+            assert time.perf_counter() < deadline, "projection worker did not start"
+            time.sleep(0.05)
         stop = threading.Event()
         observations: list[tuple[float, int]] = []
         watcher = threading.Thread(

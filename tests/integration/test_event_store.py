@@ -113,16 +113,21 @@ def test_a_stored_v1_created_event_is_read_as_v2(
             "tags": ["old"],
         }
     ).encode()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
             "INSERT INTO todos_events (originator_id, originator_version, topic, state) "
-            "VALUES (%s, 1, %s, %s)",
+            "VALUES (%s, 1, %s, %s) RETURNING notification_id",
             (todo_id, get_topic(Todo.Created), state),
-        )
-    r = client.get(f"/v1/todos/{todo_id}", headers=auth("legacy-user"))
+        ).fetchone()
+        conn.execute("NOTIFY todos_events")  # what the library's recorder does on insert
+    assert row is not None
+    legacy = {"X-Min-Position": str(row[0]), **auth("legacy-user")}
+    r = client.get(f"/v1/todos/{todo_id}", headers=legacy)
     assert r.status_code == 200, r.text
     assert r.json()["priority"] == "normal"
     assert r.json()["created_at"] == "2025-06-01T08:00:00Z"
+    from_store = client.get(f"/v1/todos/{todo_id}?as_of_version=1", headers=legacy)
+    assert from_store.json() == r.json()
     # and it can still be changed, appending a current-version event after the old one
     done = client.post(f"/v1/todos/{todo_id}/complete", headers=auth("legacy-user"))
     assert done.json()["version"] == 2

@@ -34,10 +34,14 @@ def _read_side() -> ReadSide:
 
 
 @app.command("run")
-def run() -> None:
-    """Run every projection (a long-running worker; extra workers stand by)."""
+def run(
+    only: Annotated[
+        str | None, typer.Option(help="Run just this projection (default: each in a process).")
+    ] = None,
+) -> None:
+    """Run the projections (a long-running worker; extra workers stand by)."""
     from tododb.cli import configure_logging
-    from tododb.projections.worker import run_all
+    from tododb.projections.worker import run_children, run_projection
 
     configure_logging()
     stop = threading.Event()
@@ -47,7 +51,15 @@ def run() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    run_all(_read_side(), stop)
+    read_side = _read_side()
+    read_side.ensure()
+    if only is None:
+        # One process per projection: each gets a core (and a GIL) of its own.
+        run_children(KINDS, stop)
+    elif only in KINDS:
+        run_projection(read_side, only, stop)
+    else:
+        raise typer.BadParameter(f"unknown projection {only!r}; known: {', '.join(KINDS)}")
 
 
 @app.command("rebuild")

@@ -7,6 +7,7 @@ rebuild can fill a new generation while the old one keeps serving, then swap.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +17,13 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from tododb.projections.rows import TodoRow, fold_events
 
 NOTIFY_CHANNEL = "tododb_views"
+COPY_FROM_ROWS = 64
+SET_ASYNC_COMMIT = b"SET LOCAL synchronous_commit TO OFF"
 APPLICATION_NAME = "todos"
 
 _ROW_DDL = (
@@ -64,6 +67,23 @@ class TodoRowsView(PostgresTrackingRecorder):
         self.select_rows_statement = SQL(
             "SELECT * FROM {schema}.{table} WHERE id = ANY(%s) FOR UPDATE"
         ).format(schema=self.schema, table=self.rows_table)
+        # Hot-path statements are rendered once: composing SQL per call costs more than
+        # the round trip.
+        self.upsert_sql = self.upsert_statement.as_bytes()
+        self.select_rows_sql = self.select_rows_statement.as_bytes()
+        # The library's single-row tracking upsert returns no row when the position would
+        # not advance; dividing by that count aborts the transaction (division_by_zero), so
+        # an event can never be applied twice, with no round trip to check.
+        self.tracking_guard_sql = (
+            SQL("WITH t AS ({}) SELECT 1 / (SELECT count(*)::int FROM t)")
+            .format(self.insert_tracking_statement)
+            .as_bytes()
+        )
+        self.notify_sql = (
+            SQL("SELECT pg_notify({}, {})")
+            .format(Literal(NOTIFY_CHANNEL), Literal(self.kind))
+            .as_bytes()
+        )
 
     @property
     def rows_table_name(self) -> str:
@@ -87,26 +107,50 @@ class TodoRowsView(PostgresTrackingRecorder):
 
     def apply(self, events: Sequence[tuple[Any, int]], tracking: Tracking) -> None:
         """Fold ``(event, position)`` pairs in and record ``tracking``, in one transaction."""
+        # Live (small) batches: pipeline mode sends the statements together, one or two
+        # round trips a call. Big ones load with COPY, which pipelines cannot carry.
+        small = len(events) < COPY_FROM_ROWS
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline() if small else contextlib.nullcontext(),
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            self._apply(curs, events, tracking)
+
+    def _apply(
+        self, curs: Cursor[DictRow], events: Sequence[tuple[Any, int]], tracking: Tracking
+    ) -> None:
         first_version: dict[UUID, int] = {}
         for event, _ in events:
             first_version.setdefault(event.originator_id, event.originator_version)
         # A todo whose first event here is its creation has no row yet: skip the lookup.
         existing = [i for i, version in first_version.items() if version > 1]
-        with self.datastore.transaction(commit=True) as curs:
-            before: dict[UUID, TodoRow] = {}
-            if existing:
-                curs.execute(self.select_rows_statement, (existing,), prepare=True)
-                before = {r["id"]: TodoRow.from_record(r) for r in curs.fetchall()}
-            after = fold_events(before, events)
-            if after:
-                self._upsert(curs, list(after.values()))
-                self.after_rows_changed(curs, [(before.get(i), row) for i, row in after.items()])
-            self._insert_tracking(curs, tracking)
-            curs.execute(SQL("SELECT pg_notify(%s, %s)"), (NOTIFY_CHANNEL, self.kind))
+        # Safe without waiting for the WAL flush: the view rows and the tracking
+        # position commit (or vanish) together, and a lost tail is simply re-applied
+        # from the event store, which keeps its own synchronous commits.
+        curs.execute(SET_ASYNC_COMMIT, prepare=True)
+        before: dict[UUID, TodoRow] = {}
+        if existing:
+            curs.execute(self.select_rows_sql, (existing,), prepare=True)
+            before = {r["id"]: TodoRow.from_record(r) for r in curs.fetchall()}
+        after = fold_events(before, events)
+        if after:
+            self._upsert(curs, list(after.values()))
+            self.after_rows_changed(curs, [(before.get(i), row) for i, row in after.items()])
+        curs.execute(
+            self.tracking_guard_sql,
+            {
+                "application_name": tracking.application_name,
+                "notification_id": tracking.notification_id,
+            },
+            prepare=True,
+        )
+        curs.execute(self.notify_sql, prepare=True)
 
     def _upsert(self, curs: Cursor[DictRow], rows: list[TodoRow]) -> None:
-        if len(rows) < 64:
-            curs.executemany(self.upsert_statement, [row.values() for row in rows])
+        if len(rows) < COPY_FROM_ROWS:
+            curs.executemany(self.upsert_sql, [row.values() for row in rows])
             return
         # Large batches (rebuilds): COPY into a scratch table, then one upsert statement.
         curs.execute(
@@ -187,12 +231,16 @@ class StatsView(TodoRowsView):
     def __init__(self, datastore: PostgresDatastore, *, tracking_table_name: str, **kw: Any):
         super().__init__(datastore, tracking_table_name=tracking_table_name, **kw)
         self.users_table = Identifier(self.users_table_name)
-        self.bump_statement = SQL(
-            "INSERT INTO {schema}.{table} AS u (owner, open, completed, total) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET "
-            "open = u.open + EXCLUDED.open, completed = u.completed + EXCLUDED.completed, "
-            "total = u.total + EXCLUDED.total"
-        ).format(schema=self.schema, table=self.users_table)
+        self.bump_sql = (
+            SQL(
+                "INSERT INTO {schema}.{table} AS u (owner, open, completed, total) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET "
+                "open = u.open + EXCLUDED.open, completed = u.completed + EXCLUDED.completed, "
+                "total = u.total + EXCLUDED.total"
+            )
+            .format(schema=self.schema, table=self.users_table)
+            .as_bytes()
+        )
 
     @property
     def rows_table_name(self) -> str:
@@ -236,7 +284,7 @@ class StatsView(TodoRowsView):
                 deltas[new.owner][i] += b - a
         bumps = [(owner, *d) for owner, d in sorted(deltas.items()) if any(d)]
         if bumps:
-            curs.executemany(self.bump_statement, bumps)
+            curs.executemany(self.bump_sql, bumps)
 
     def owned_tables(self) -> list[str]:
         return [*super().owned_tables(), self.users_table_name]
