@@ -290,3 +290,13 @@ def test_openapi_documents_the_contract_with_examples(client: TestClient) -> Non
     assert spec["components"]["schemas"]["TodoCreate"]["examples"]
     assert client.get("/docs").status_code == 200
     assert client.get("/nope").headers["content-type"] == PROBLEM
+
+
+def test_metrics_count_requests_by_route(client: TestClient, headers: dict[str, str]) -> None:
+    todo = client.post("/v1/todos", json={"title": "measured"}, headers=headers).json()
+    client.get(f"/v1/todos/{todo['id']}/events", headers=headers)
+    body = client.get("/metrics").text
+    assert 'tododb_http_requests_total{method="POST",route="/v1/todos",status="201"}' in body
+    assert 'route="/v1/todos/{todo_id}/events"' in body
+    assert 'tododb_view_position{view="todos"}' in body
+    assert todo["id"] not in body
