@@ -126,7 +126,7 @@ def test_complete_reopen_delete_and_their_events(
     assert deleted.status_code == 204
     assert int(deleted.headers["X-Position"]) > int(reopened.headers["X-Position"])
     assert client.delete(url, headers=headers).status_code == 204
-    gone = client.get(url, headers=headers)
+    gone = client.get(url, headers={"X-Min-Position": deleted.headers["X-Position"], **headers})
     assert gone.status_code == 410
     assert gone.headers["content-type"] == PROBLEM
     assert client.post(f"{url}/complete", headers=headers).status_code == 410
@@ -188,7 +188,9 @@ def test_a_user_never_sees_or_changes_another_users_todo(
     client: TestClient, auth: Callable[..., dict[str, str]]
 ) -> None:
     owner, intruder = auth("owner-1"), auth("intruder-1")
-    todo = create(client, owner).json()
+    created = create(client, owner)
+    todo = created.json()
+    intruder = {"X-Min-Position": created.headers["X-Position"], **intruder}
     url = f"/v1/todos/{todo['id']}"
     missing = client.get("/v1/todos/00000000-0000-4000-8000-000000000000", headers=intruder)
     for method, path in [
@@ -203,7 +205,8 @@ def test_a_user_never_sees_or_changes_another_users_todo(
         r = client.request(method, path, json=body, headers=intruder)
         assert r.status_code == 404, (method, path)
         assert r.json()["title"] == missing.json()["title"]
-    assert client.get(url, headers=owner).json()["version"] == 1
+    after = {"X-Min-Position": created.headers["X-Position"], **owner}
+    assert client.get(url, headers=after).json()["version"] == 1
 
 
 def test_bad_input_is_a_problem_not_a_500(client: TestClient, headers: dict[str, str]) -> None:

@@ -48,25 +48,32 @@ def test_two_writers_racing_on_one_version_cannot_both_win(todo_app: TodoApplica
     assert (stored.title, stored.version) == ("first wins", 2)
 
 
-def test_concurrent_commands_without_if_match_are_all_applied_in_distinct_versions(
-    client: TestClient, headers: dict[str, str]
-) -> None:
-    todo = client.post("/v1/todos", json={"title": "t"}, headers=headers).json()
-    url = f"/v1/todos/{todo['id']}"
-    n = 12
+def race(n: int, command: Callable[[int], int]) -> list[int]:
+    """Run ``command(i)`` for i < n in threads released together; their status codes."""
     barrier = threading.Barrier(n)
     statuses: list[int] = []
 
     def writer(i: int) -> None:
         barrier.wait()
-        r = client.patch(url, json={"title": f"title {i}"}, headers=headers)
-        statuses.append(r.status_code)
+        statuses.append(command(i))
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return statuses
+
+
+def test_concurrent_commands_without_if_match_are_all_applied_in_distinct_versions(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    todo = client.post("/v1/todos", json={"title": "t"}, headers=headers).json()
+    url = f"/v1/todos/{todo['id']}"
+    n = 12
+    statuses = race(
+        n, lambda i: client.patch(url, json={"title": f"title {i}"}, headers=headers).status_code
+    )
     assert statuses == [200] * n
     events = client.get(f"{url}/events", headers=headers).json()
     assert [e["version"] for e in events] == list(range(1, n + 2))
@@ -78,21 +85,13 @@ def test_concurrent_commands_with_the_same_if_match_have_exactly_one_winner(
     todo = client.post("/v1/todos", json={"title": "t"}, headers=headers).json()
     url = f"/v1/todos/{todo['id']}"
     n = 8
-    barrier = threading.Barrier(n)
-    statuses: list[int] = []
-
-    def writer(i: int) -> None:
-        barrier.wait()
-        r = client.patch(url, json={"title": f"title {i}"}, headers={"If-Match": '"1"', **headers})
-        statuses.append(r.status_code)
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    pinned = {"If-Match": '"1"', **headers}
+    statuses = race(
+        n, lambda i: client.patch(url, json={"title": f"title {i}"}, headers=pinned).status_code
+    )
     assert sorted(statuses) == [200] + [412] * (n - 1)
-    assert client.get(url, headers=headers).json()["version"] == 2
+    events = client.get(f"{url}/events", headers=headers).json()
+    assert [e["version"] for e in events] == [1, 2]
 
 
 def test_a_stored_v1_created_event_is_read_as_v2(

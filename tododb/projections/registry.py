@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -178,17 +177,3 @@ def read_position(conn: psycopg.Connection[Any], schema: str, kind: str) -> int:
         return 0
     value = row["p"] if isinstance(row, dict) else row[0]
     return int(value or 0)
-
-
-@dataclass(frozen=True)
-class RebuildRecord:
-    id: str
-    name: str
-    generation: int
-    status: str
-    position: int
-    head: int
-    events_per_second: float | None
-    started_at: datetime
-    finished_at: datetime | None
-    error: str | None

@@ -100,6 +100,15 @@ class TodoRowsView(PostgresTrackingRecorder):
         """Created after a rebuild has loaded its rows: bulk loads are faster without."""
         return []
 
+    def indexes_on_rows(self, specs: dict[str, str]) -> list[Composed]:
+        """CREATE INDEX statements on the rows table: index name → columns/method/predicate."""
+        return [
+            SQL("CREATE INDEX IF NOT EXISTS {name} ON {schema}.{table} {spec}").format(
+                name=Identifier(name), schema=self.schema, table=self.rows_table, spec=SQL(spec)
+            )
+            for name, spec in specs.items()
+        ]
+
     def create_indexes(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
             for statement in self.index_statements():
@@ -201,15 +210,7 @@ class TodosView(TodoRowsView):
             ),
             f"{t}_tags": "USING gin (tags)",
         }
-        return [
-            SQL("CREATE INDEX IF NOT EXISTS {name} ON {schema}.{table} {spec}").format(
-                name=Identifier(name),
-                schema=self.schema,
-                table=self.rows_table,
-                spec=SQL(spec),
-            )
-            for name, spec in specs.items()
-        ]
+        return self.indexes_on_rows(specs)
 
     @classmethod
     def sql_views_for(cls, prefix: str) -> dict[str, str]:
@@ -265,15 +266,7 @@ class StatsView(TodoRowsView):
             f"{t}_open_due": "(owner, due) WHERE status = 'open' AND NOT deleted",
             f"{t}_completed_at": "(owner, completed_at) WHERE status = 'completed' AND NOT deleted",
         }
-        return [
-            SQL("CREATE INDEX IF NOT EXISTS {name} ON {schema}.{table} {spec}").format(
-                name=Identifier(name),
-                schema=self.schema,
-                table=self.rows_table,
-                spec=SQL(spec),
-            )
-            for name, spec in specs.items()
-        ]
+        return self.indexes_on_rows(specs)
 
     def after_rows_changed(
         self, curs: Cursor[DictRow], changed: list[tuple[TodoRow | None, TodoRow]]
