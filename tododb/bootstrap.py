@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tododb.application import TodoApplication
-from tododb.projections.registry import ReadSide
 from tododb.database import eventsourcing_env, start_embedded
+from tododb.projections.registry import ReadSide
 from tododb.settings import Settings
 
 RECORDER_TOPIC = "tododb.eventstore:AppendOnlyApplicationRecorder"

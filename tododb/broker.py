@@ -15,19 +15,25 @@ Findings about this build (Tansu 0.6.0-510f3e2) that code talking to it must res
   InitProducerIdRequest"). Use ``acks="all", enable_idempotence=False`` and make
   consumers idempotent (dedupe on an event id) instead; retries may duplicate.
   Transactions are unavailable for the same reason.
-* **Storage is memory only.** The binary is built with the ``dynostore`` engine
-  alone: ``memory://`` works, ``s3://``/``gs://`` need an object store service,
-  and ``postgres://``, ``sqlite://``, ``slatedb://`` and ``turso://`` are rejected
-  at start-up with ``FeatureNotEnabled { feature: "postgres", ... }``. So a broker
-  restart loses every topic, record and committed group offset. Whatever must
-  survive a restart (the outbox position of a relay, read-model checkpoints) has
-  to live in PostgreSQL, not in the broker.
+* **No PostgreSQL storage.** The binary is built with the ``dynostore`` engine
+  alone: ``postgres://``, ``sqlite://``, ``slatedb://`` and ``turso://`` are
+  rejected at start-up with ``FeatureNotEnabled { feature: "postgres", ... }``.
+  With the default ``memory://`` store a broker restart loses every topic, record
+  and committed group offset, so whatever must survive one (the relay's outbox
+  position, read-model checkpoints) has to live in PostgreSQL. ``s3://BUCKET/``
+  does persist across broker restarts, given an S3-compatible server and
+  ``extra_env={"AWS_ENDPOINT": "http://127.0.0.1:PORT", "AWS_ALLOW_HTTP": "true",
+  "AWS_ACCESS_KEY_ID": ..., "AWS_SECRET_ACCESS_KEY": ..., "AWS_DEFAULT_REGION": ...}``
+  and an existing bucket (checked with ``moto_server`` from PyPI's ``moto[server]``,
+  not a dependency of this project); ``send_and_wait`` then takes ~5 ms, not ~0.3 ms.
 * **Topics.** ``CreateTopics`` via ``AIOKafkaAdminClient`` works (see
   :func:`create_topic`); producing to an unknown topic auto-creates it with a
   broker-chosen partition count, so create topics explicitly first.
 * **Consumer groups** work (join, sync, heartbeat, manual ``commit()``,
   rebalancing), but the first join of a group takes about half of the consumer's
-  ``session_timeout_ms`` (5 s with aiokafka's default of 10 s): lower it in tests.
+  ``session_timeout_ms`` (5 s with aiokafka's default of 10 s), and a member that
+  rejoins right after another one left can wait ~1.8x of it (18 s at 10 s): use
+  e.g. ``session_timeout_ms=2000, heartbeat_interval_ms=300`` in tests.
 * Start-up takes about 0.1 s until clients are served. On ``SIGTERM`` Tansu waits
   for connected clients, so :meth:`TansuBroker.stop` falls back to ``SIGKILL``
   after ``stop_timeout``; ``stop(kill=True)`` skips the wait.
@@ -262,8 +268,9 @@ class TansuBroker:
             )
 
     Args:
-        storage_engine: Tansu ``--storage-engine`` URL. Only ``memory://`` works with
-            the bundled binary (see the module docstring).
+        storage_engine: Tansu ``--storage-engine`` URL: ``memory://`` (default) or
+            ``s3://bucket/`` with ``AWS_*`` variables in *extra_env* (see the
+            module docstring); ``postgres://`` is not compiled in.
         host: Interface to listen on; also the advertised host.
         port: Fixed port; ``None`` picks a free one at the first :meth:`start` and
             keeps it for :meth:`restart`.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from tododb.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from tododb.broker import TansuBroker
 
 app = typer.Typer(help="tododb: an event-sourced todo backend.", no_args_is_help=True)
 console = Console()
@@ -77,9 +80,13 @@ def dev(
     env["DATABASE_URL"] = database_url
     env["TODO_DATA_DIR"] = str(settings.data_dir.resolve())
     env["TODO_JWT_SECRET"] = settings.resolved_jwt_secret()
+    broker = _start_dev_broker(settings, env)
     specs = [
         ProcessSpec("api", todo_command("serve", "--port", str(api_port))),
         ProcessSpec("projections", todo_command("projections", "run")),
+        ProcessSpec("relay", todo_command("relay", "run")),
+        ProcessSpec("notifications", todo_command("consumer", "notifications")),
+        ProcessSpec("analytics", todo_command("consumer", "analytics")),
     ]
     supervisor = Supervisor(specs, env, console)
     supervisor.start()
@@ -92,6 +99,8 @@ def dev(
         supervisor.wait()
     finally:
         supervisor.stop()
+        if broker is not None:
+            broker.stop(kill=True)  # after its clients; its memory store holds nothing to keep
         if supervisor.failed:
             console.print(f"[red]{supervisor.failed}")
         console.print("stopped.")
@@ -99,8 +108,17 @@ def dev(
         raise typer.Exit(1)
 
 
-def _settings() -> Settings:
-    return get_settings()
+def _start_dev_broker(settings: Settings, env: dict[str, str]) -> TansuBroker | None:
+    """Without KAFKA_BOOTSTRAP_SERVERS, a local Tansu for the children (no idempotence)."""
+    if settings.kafka_bootstrap_servers:
+        return None
+    from tododb.broker import TansuBroker
+
+    broker = TansuBroker(log_path=settings.data_dir.resolve() / "tansu.log").start()
+    env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+    env["TODO_KAFKA_IDEMPOTENCE"] = "false"  # Tansu rejects InitProducerId
+    console.print(f"[bold]Kafka-compatible broker[/] (Tansu) at {broker.bootstrap_servers}")
+    return broker
 
 
 def _register_sub_commands() -> None:

@@ -59,7 +59,13 @@ class Settings(BaseSettings):
         description="Idempotent producer; must be false for Tansu, which rejects InitProducerId.",
     )
     kafka_request_timeout_ms: int = Field(default=10_000, ge=100)
-    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    relay_decode_processes: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="Processes decoding events into CloudEvents; 0 decodes in the relay.",
+    )
     relay_backoff_max_seconds: float = Field(default=10.0, gt=0)
     consumer_max_attempts: int = Field(
         default=5, ge=1, description="Handler attempts before a message goes to the DLQ."

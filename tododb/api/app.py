@@ -7,8 +7,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tododb.api import admin, health, queries, todos
+from tododb.api import (
+    admin,
+    admin_relay,
+    analytics,
+    health,
+    notifications,
+    queries,
+    todos,
+    webhooks,
+)
 from tododb.api.body_limit import BodySizeLimit
+from tododb.api.metrics import Metrics, MetricsMiddleware
 from tododb.api.positions import PositionWatcher
 from tododb.api.problems import install_problem_handlers
 from tododb.application import TodoApplication
@@ -56,10 +66,18 @@ def create_app(
     app.state.read_wait_seconds = settings.read_wait_seconds
     app.state.jwt_secret = settings.resolved_jwt_secret()
     app.state.jwt_leeway = settings.jwt_leeway_seconds
+    app.state.kafka_topic = settings.kafka_topic
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    metrics = Metrics(watcher)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.mount("/metrics", metrics.asgi_app)
     app.include_router(health.router)
     app.include_router(queries.router)
     app.include_router(todos.router)
     app.include_router(admin.router)
+    app.include_router(admin_relay.router)
+    app.include_router(webhooks.router)
+    app.include_router(notifications.router)
+    app.include_router(analytics.router)
     return app

@@ -275,7 +275,8 @@ class StatsView(TodoRowsView):
         for old, new in changed:
             for i, (a, b) in enumerate(zip(_counts(old), _counts(new), strict=True)):
                 deltas[new.owner][i] += b - a
-        bumps = [(owner, *d) for owner, d in sorted(deltas.items()) if any(d)]
+        # Every owner touched gets a row (zeros too), so replays and live runs agree.
+        bumps = [(owner, *d) for owner, d in sorted(deltas.items())]
         if bumps:
             curs.executemany(self.bump_sql, bumps)
 

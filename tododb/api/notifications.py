@@ -1,0 +1,82 @@
+"""The caller's notifications, newest first, cursor-paginated."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from tododb.api.auth import CurrentUser
+from tododb.api.downstream import downstream_connection
+from tododb.api.problems import Problem
+from tododb.api.schemas import ProblemOut
+
+router = APIRouter(
+    prefix="/v1/notifications",
+    tags=["notifications"],
+    responses={
+        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
+        for code in (400, 401, 422)
+    },
+)
+
+
+class NotificationOut(BaseModel):
+    id: int
+    event_id: UUID
+    todo_id: UUID
+    type: str
+    message: str
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"n:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Opaque to clients; a cursor that is not ours is a 400, never a 500."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = text.partition(":")
+        if prefix != "n":
+            raise ValueError(prefix)
+        return int(value)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise Problem(
+            400, "Bad cursor", "the cursor is not one this API issued", type_="bad-cursor"
+        ) from None
+
+
+@router.get("", response_model=NotificationPage)
+def list_notifications(
+    user: CurrentUser,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> NotificationPage:
+    before = decode_cursor(cursor) if cursor else None
+    with downstream_connection(request) as conn:
+        rows = conn.execute(
+            "SELECT id, event_id, todo_id, type, message, data, occurred_at "
+            "FROM notifications.notifications WHERE owner = %s "
+            "AND (%s::bigint IS NULL OR id < %s::bigint) ORDER BY id DESC LIMIT %s",
+            (user.id, before, before, limit + 1),
+        ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return NotificationPage(
+        items=[NotificationOut.model_validate(r) for r in rows],
+        next_cursor=encode_cursor(rows[-1]["id"]) if more else None,
+    )

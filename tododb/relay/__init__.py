@@ -1,0 +1,1 @@
+"""The relay: the event store is the outbox; this publishes it to Kafka, at least once."""
