@@ -19,7 +19,9 @@ from tododb.database import start_embedded, with_database
 @contextmanager
 def bench_database() -> Iterator[str]:
     """DATABASE_URL's server, or an embedded one; a fresh database dropped afterwards."""
-    server = os.environ.get("DATABASE_URL") or start_embedded(Path(tempfile.mkdtemp()) / "bench")
+    server = os.environ.get("DATABASE_URL") or start_embedded(
+        Path(tempfile.mkdtemp(prefix="tododb-bench-")) / "data", keep=False
+    )
     name = f"tododb_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
