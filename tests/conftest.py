@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,6 +27,14 @@ from tododb.projections.worker import run_all
 from tododb.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 32
+PROBLEM = "application/problem+json"
+
+
+def create_todo(client: TestClient, headers: dict[str, str], **body: object) -> Any:
+    """POST a todo and check it was created; the response."""
+    r = client.post("/v1/todos", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    return r
 
 
 @pytest.fixture(scope="session")

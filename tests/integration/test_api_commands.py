@@ -7,14 +7,11 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-PROBLEM = "application/problem+json"
+from tests.conftest import PROBLEM, create_todo
 
 
 def create(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
-    body.setdefault("title", "Buy milk")
-    r = client.post("/v1/todos", json=body, headers=headers)
-    assert r.status_code == 201, r.text
-    return r
+    return create_todo(client, headers, **{"title": "Buy milk", **body})
 
 
 def test_create_returns_the_todo_location_etag_and_position(
