@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from tododb.aio import wait_or_stop
 from tododb.broker import create_topic
 from tododb.consumers.ddl import apply_ddl
 from tododb.messaging import backoff_delay, bootstrap_servers, make_consumer, make_producer
@@ -361,11 +362,6 @@ async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -
         if await consumer.position(tp) < offset:
             return False
     return True
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def _start_with_retry(

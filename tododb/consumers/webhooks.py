@@ -23,7 +23,8 @@ import httpx
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from tododb.consumers.core import INFRASTRUCTURE_ERRORS, wait_or_stop
+from tododb.aio import wait_or_stop
+from tododb.consumers.core import INFRASTRUCTURE_ERRORS
 from tododb.messaging import backoff_delay
 from tododb.settings import Settings
 

@@ -28,6 +28,7 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 
+from tododb.aio import wait_or_stop
 from tododb.application import TodoApplication
 from tododb.bootstrap import application_env, build_application
 from tododb.broker import create_topic
@@ -483,8 +484,7 @@ class _Feed:
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     """Sleep, unless ``stop`` is set first (then raise ``Stopped``)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_or_stop(stop, seconds)
     if stop.is_set():
         raise Stopped
 
