@@ -20,8 +20,8 @@ def bootstrap_servers(settings: Settings) -> str:
 class CachingPartitioner:
     """Kafka's default partitioner (murmur2 of the key), remembering recent keys.
 
-    aiokafka computes murmur2 in pure Python, a fifth of the relay's send path; a todo's
-    events share a key, so most lookups hit. Same partitions as the default, always.
+    aiokafka computes murmur2 in pure Python (about 13 µs a key); a todo's events share
+    a key, so most lookups hit. Same partitions as the default, always.
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
@@ -31,13 +31,17 @@ class CachingPartitioner:
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         if key is None:
             return int(DefaultPartitioner()(key, all_partitions, available))
-        slot = (key, len(all_partitions))
+        return all_partitions[self.index(key, len(all_partitions))]
+
+    def index(self, key: bytes, partitions: int) -> int:
+        """Where the default partitioner puts ``key`` among ``partitions`` partitions."""
+        slot = (key, partitions)
         index = self._cache.get(slot)
         if index is None:
             if len(self._cache) >= self.capacity:
                 self._cache.clear()
-            index = self._cache[slot] = (murmur2(key) & 0x7FFFFFFF) % len(all_partitions)
-        return all_partitions[index]
+            index = self._cache[slot] = (murmur2(key) & 0x7FFFFFFF) % partitions
+        return index
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

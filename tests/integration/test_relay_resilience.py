@@ -254,7 +254,8 @@ async def test_broker_restart_mid_stream_loses_nothing(
     broker = TansuBroker()
     await asyncio.to_thread(broker.start)
     try:
-        s = kafka_settings(settings, broker)
+        # Decoding in the relay's own process (no decoder processes): that path too.
+        s = kafka_settings(settings, broker, relay_decode_processes=0)
         relay = Relay(s, fresh_database_url)
         group = unique("analytics")
         users = [unique("user") for _ in range(3)]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
 from tododb.consumers.webhooks import sign, verify
-from tododb.domain import Todo, event_id
+from tododb.domain import Todo, event_id, event_id_text
 from tododb.messaging import backoff_delay
+from tododb.relay.decoding import OwnerCache
 from tododb.relay.envelope import BadEnvelope, parse_message, to_message
-from tododb.relay.service import OwnerCache
 
 
 def _events() -> tuple[Todo, list[object]]:
@@ -114,3 +114,9 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
         delays = [backoff_delay(attempt, 0.1, 5.0) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1
+
+
+def test_event_id_text_is_the_uuid5_event_id() -> None:
+    for version in (1, 2, 9, 10, 123_456):
+        todo_id = uuid4()
+        assert event_id_text(todo_id, version) == str(event_id(todo_id, version))

@@ -20,3 +20,9 @@ def test_same_partitions_as_the_default_partitioner() -> None:
 
 def test_keyless_messages_go_to_an_available_partition() -> None:
     assert CachingPartitioner()(None, [0, 1, 2], [2]) == 2
+
+
+def test_index_matches_the_default_partitioner() -> None:
+    cached, default = CachingPartitioner(), DefaultPartitioner()
+    for key in (str(uuid.uuid4()).encode() for _ in range(100)):
+        assert cached.index(key, 6) == default(key, list(range(6)), list(range(6)))

@@ -174,18 +174,23 @@ class ConsumerService:
                 log.warning("%s: fetch failed: %r; retrying in %.1fs", self.name, e, delay)
                 await wait_or_stop(stop, delay)
                 continue
+            handled: dict[TopicPartition, int] = {}
             for tp, records in batches.items():
                 if not await self._process_records(records, producer, stop):
-                    return  # stopped: uncommitted, redelivered to whoever takes over
-                await self._commit(consumer, tp, records[-1].offset + 1)
+                    break  # stopped: the rest is uncommitted, redelivered to the next owner
+                handled[tp] = records[-1].offset + 1
+            if handled:
+                await self._commit(consumer, handled)  # one request for every partition
+            if stop.is_set():
+                return
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await consumer.commit({tp: offset})
+            await consumer.commit(offsets)
         except KafkaError as e:
-            # A rebalance took the partition away: its next owner re-reads from the last
+            # A rebalance took a partition away: its next owner re-reads from the last
             # committed offset and the inbox drops what was already handled.
-            log.warning("%s: offset commit for %s failed: %r", self.name, tp, e)
+            log.warning("%s: offset commit for %s failed: %r", self.name, list(offsets), e)
 
     # ---- messages -------------------------------------------------------------------
 

@@ -5,7 +5,13 @@ from tododb.domain.errors import (
     InvariantViolation,
     TodoDeletedError,
 )
-from tododb.domain.event_types import PUBLIC_EVENT_TYPES, event_id, event_payload, public_type
+from tododb.domain.event_types import (
+    PUBLIC_EVENT_TYPES,
+    event_id,
+    event_id_text,
+    event_payload,
+    public_type,
+)
 from tododb.domain.todo import Priority, Status, Todo
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "Todo",
     "TodoDeletedError",
     "event_id",
+    "event_id_text",
     "event_payload",
     "public_type",
 ]

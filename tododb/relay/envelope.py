@@ -10,25 +10,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
+import orjson
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.kafka import KafkaMessage, from_structured, to_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from tododb.domain import event_id, event_payload, public_type
+from tododb.domain import event_id_text, event_payload, public_type
 
 SOURCE = "/todos"
 CONTENT_TYPE = JSONFormat.CONTENT_TYPE  # application/cloudevents+json
-_FORMAT = JSONFormat()
+
+Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True)
-class OutgoingMessage:
+class CompactJSONFormat(JSONFormat):
+    """The SDK's JSON event format, written with orjson.
+
+    The same document (RFC 3339 times with ``Z``, ``data`` inline), but about a fifth of
+    the cost: the stdlib encoder with the SDK's Python ``default`` hook was a quarter of
+    the relay's CPU per event. Reading, and anything but JSON data, is the SDK's own.
+    """
+
+    def write(self, event: BaseCloudEvent) -> bytes:
+        data = event.get_data()
+        attributes = event.get_attributes()
+        content_type = attributes.get("datacontenttype", self.DEFAULT_CONTENT_TYPE)
+        if not isinstance(data, dict) or not self.JSON_CONTENT_TYPE_PATTERN.match(content_type):
+            return super().write(event)
+        return orjson.dumps({**attributes, "data": data}, option=orjson.OPT_UTC_Z)
+
+
+_FORMAT = CompactJSONFormat()
+_HEADERS: dict[tuple[tuple[str, bytes], ...], Headers] = {}
+"""Interned header lists: every message carries the same few, shared rather than copied
+(also when a batch of messages is pickled from a decoder process). Never mutated."""
+
+
+class OutgoingMessage(NamedTuple):
+    """A message ready for the producer (a tuple: cheap to pass between processes)."""
+
     key: bytes
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: Headers
     event_id: str
     position: int
 
@@ -56,7 +83,7 @@ def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
     version: int = domain_event.originator_version
     return CloudEvent(
         {
-            "id": str(event_id(todo_id, version)),
+            "id": event_id_text(todo_id, version),
             "source": SOURCE,
             "type": public_type(domain_event),
             "subject": str(todo_id),
@@ -76,10 +103,11 @@ def to_message(domain_event: Any, position: int, owner: str) -> OutgoingMessage:
     message = to_structured(event, _FORMAT, key_mapper=lambda e: e.get_subject())
     key = message.key.encode() if isinstance(message.key, str) else message.key
     assert key is not None
+    headers = tuple(message.headers.items())
     return OutgoingMessage(
         key=key,
         value=message.value,
-        headers=[(name, value) for name, value in message.headers.items()],
+        headers=_HEADERS.setdefault(headers, list(headers)),
         event_id=event.get_id(),
         position=position,
     )

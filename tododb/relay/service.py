@@ -13,18 +13,14 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import queue
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
-from eventsourcing.persistence import IntegrityError, Notification, Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 
@@ -32,9 +28,11 @@ from tododb.aio import wait_or_stop
 from tododb.application import TodoApplication
 from tododb.bootstrap import application_env, build_application
 from tododb.broker import create_topic
+from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.leadership import AdvisoryLock
 from tododb.messaging import backoff_delay, bootstrap_servers, make_producer
-from tododb.relay.envelope import OutgoingMessage, to_message
+from tododb.relay.decoding import Envelopes, Partitioned, decode_range, start_decoder
+from tododb.relay.head import CommitSignal
 from tododb.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,102 +53,11 @@ class Stopped(Exception):
     """Asked to stop while waiting."""
 
 
-class OwnerCache:
-    """Bounded todo → owner map, so most events need no lookup of their todo's owner."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._owners: OrderedDict[UUID, str] = OrderedDict()
-
-    def get(self, todo_id: UUID) -> str | None:
-        owner = self._owners.get(todo_id)
-        if owner is not None:
-            self._owners.move_to_end(todo_id)
-        return owner
-
-    def put(self, todo_id: UUID, owner: str) -> None:
-        self._owners[todo_id] = owner
-        self._owners.move_to_end(todo_id)
-        while len(self._owners) > self.capacity:
-            self._owners.popitem(last=False)
-
-
 def tracking_recorder(settings: Settings, database_url: str) -> PostgresTrackingRecorder:
     env = Environment(TRACKING_ENV_NAME, application_env(settings, database_url))
     env["POSTGRES_POOL_SIZE"] = "2"
     env["POSTGRES_MAX_OVERFLOW"] = "2"
     return PostgresFactory(env).tracking_recorder()
-
-
-class Envelopes:
-    """Stored events → messages, with a todo → owner cache.
-
-    Runs in the relay's thread pool, or in decoder processes (``relay_decode_processes``):
-    decoding and envelope building cost about as much CPU as aiokafka's sending, and
-    under one GIL they would halve the relay's throughput.
-    """
-
-    def __init__(self, app: TodoApplication) -> None:
-        self.app = app
-        self.owners = OwnerCache()
-
-    def batch(self, notifications: Sequence[Notification]) -> list[OutgoingMessage]:
-        return [m for m in map(self.one, notifications) if m is not None]
-
-    def one(self, notification: Notification) -> OutgoingMessage | None:
-        """The message for one stored event; None for events with no public name."""
-        domain_event: Any = self.app.mapper.to_domain_event(notification)
-        try:
-            return to_message(domain_event, notification.id, self._owner_of(domain_event))
-        except LookupError:
-            log.warning(
-                "position %s: %s has no public name; not published",
-                notification.id,
-                notification.topic,
-            )
-            return None
-
-    def _owner_of(self, domain_event: Any) -> str:
-        todo_id: UUID = domain_event.originator_id
-        owner = getattr(domain_event, "owner", None)
-        if isinstance(owner, str):
-            self.owners.put(todo_id, owner)
-            return owner
-        cached = self.owners.get(todo_id)
-        if cached is not None:
-            return cached
-        first = next(iter(self.app.events.get(todo_id, lte=1)), None)
-        owner = getattr(first, "owner", None)
-        if not isinstance(owner, str):
-            raise RuntimeError(f"todo {todo_id} has no created event with an owner")
-        self.owners.put(todo_id, owner)
-        return owner
-
-
-_DECODER: Envelopes | None = None
-
-
-def _start_decoder(settings: Settings, database_url: str, parent: int) -> None:
-    """Initializer of a decoder process: its own application (small pool) and cache.
-
-    A relay killed with SIGKILL cannot stop its pool, so each decoder watches its parent
-    and exits when it is gone rather than linger as an orphan.
-    """
-    global _DECODER
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    small = settings.model_copy(update={"db_pool_size": 2, "db_pool_max_overflow": 2})
-    _DECODER = Envelopes(build_application(small, database_url))
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def _decode(notifications: Sequence[Notification]) -> list[OutgoingMessage]:
-    assert _DECODER is not None, "decoder process not initialised"
-    return _DECODER.batch(notifications)
 
 
 @dataclass(frozen=True)
@@ -173,6 +80,7 @@ class Relay:
         self.app = app or build_application(settings, database_url)
         self.tracking = tracking_recorder(settings, database_url)
         self.decoder = Envelopes(self.app)
+        self.recorder: AppendOnlyApplicationRecorder = self.decoder.recorder
         self.topic = settings.kafka_topic
         self.published = 0
         """Messages acknowledged by the broker since start (re-sends included)."""
@@ -193,12 +101,6 @@ class Relay:
         position, head = self.position(), self.app.head_position()
         return RelayStatus(position=position, head=head, lag=max(0, head - position))
 
-    # ---- envelopes ------------------------------------------------------------------
-
-    def envelopes(self, notifications: Sequence[Notification]) -> list[OutgoingMessage]:
-        """Decode stored events into messages (blocking: may read a todo's first event)."""
-        return self.decoder.batch(notifications)
-
     # ---- publishing -----------------------------------------------------------------
 
     async def ensure_topic(self) -> None:
@@ -206,23 +108,48 @@ class Relay:
             bootstrap_servers(self.settings), self.topic, self.settings.kafka_topic_partitions
         )
 
-    async def send_batch(self, producer: AIOKafkaProducer, messages: list[OutgoingMessage]) -> None:
-        """Pipeline every send, then wait for every ack; raise if any failed."""
-        futures = [
-            await producer.send(self.topic, m.value, key=m.key, headers=m.headers) for m in messages
-        ]
+    async def partition_count(self, producer: AIOKafkaProducer) -> int:
+        return len(await producer.partitions_for(self.topic))
+
+    async def send(self, producer: AIOKafkaProducer, messages: Partitioned, partitions: int) -> int:
+        """Append to one batch per partition, send them all, wait for every ack.
+
+        aiokafka's batch API: no future, coroutine or partitioner call per message (those
+        were most of the relay's own CPU). Batches of one partition go out in order.
+        Returns how many messages were acknowledged; raises if any batch failed.
+        """
+        if await self.partition_count(producer) != partitions:  # the topic grew meanwhile
+            partitions = await self.partition_count(producer)
+            messages = self.decoder.group([m for ms in messages.values() for m in ms], partitions)
+        futures = []
+        for partition, batch_messages in messages.items():
+            batch = producer.create_batch()
+            for m in batch_messages:
+                while (
+                    batch.append(key=m.key, value=m.value, timestamp=None, headers=m.headers)
+                    is None
+                ):
+                    if not batch.record_count():
+                        raise ValueError(f"message {m.event_id} is larger than a whole batch")
+                    futures.append(
+                        await producer.send_batch(batch, self.topic, partition=partition)
+                    )
+                    batch = producer.create_batch()
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, self.topic, partition=partition))
         results = await asyncio.gather(*futures, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        self.published += len(messages)
+        return sum(map(len, messages.values()))
 
     async def publish(
         self,
         producer: AIOKafkaProducer,
-        messages: list[OutgoingMessage],
+        messages: Partitioned,
+        partitions: int,
         stop: asyncio.Event,
-    ) -> None:
+    ) -> int:
         """Send until acknowledged; on failure back off and re-send the same messages.
 
         Re-sent messages keep their CloudEvent ids, so consumers dedupe them.
@@ -233,17 +160,18 @@ class Relay:
                 if attempt:
                     await self.ensure_topic()  # a restarted broker may have lost it
                 timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
-                await asyncio.wait_for(self.send_batch(producer, messages), timeout)
+                sent = await asyncio.wait_for(self.send(producer, messages, partitions), timeout)
+                self.published += sent
                 if attempt:
-                    log.info("broker is back; re-sent %d messages", len(messages))
-                return
+                    log.info("broker is back; re-sent %d messages", sent)
+                return sent
             except Exception as e:
                 attempt += 1
                 self.failures += 1
                 delay = backoff_delay(attempt, 0.2, self.settings.relay_backoff_max_seconds)
                 log.warning(
                     "publishing %d messages failed (attempt %d): %r; retrying in %.1fs",
-                    len(messages),
+                    sum(map(len, messages.values())),
                     attempt,
                     e,
                     delay,
@@ -253,7 +181,8 @@ class Relay:
     async def start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer:
         attempt = 0
         while True:
-            producer = make_producer(self.settings)
+            # No linger: the relay hands over whole batches, there is nothing to wait for.
+            producer = make_producer(self.settings, linger_ms=0)
             try:
                 await producer.start()
                 await self.ensure_topic()
@@ -310,44 +239,66 @@ class Relay:
     async def _follow(
         self, producer: AIOKafkaProducer, stop: asyncio.Event, lock: AdvisoryLock
     ) -> None:
-        """Decode the next batches (in other processes) while one is sent and acknowledged.
+        """Dispatch position ranges to the decoders; send each range's messages in order.
 
-        A batch is sent only after the previous one was acknowledged and recorded, so a
-        re-send never overtakes newer events of the same todo.
+        Up to one range per decoder process is read and encoded ahead, while the oldest
+        is sent. A range is sent only after the previous one was acknowledged and
+        recorded, so a re-send never overtakes newer events of the same todo.
         """
         position = await asyncio.to_thread(self.position)
         log.info("relay: following the log from position %d to topic %s", position, self.topic)
         loop = asyncio.get_running_loop()
         pool = self._decoder_pool()
-        feed = _Feed(self.app, position, self.settings.relay_batch_size * 4)
+        commits = CommitSignal(self.recorder)
 
-        def decode(batch: list[Notification]) -> asyncio.Future[list[OutgoingMessage]]:
+        def encode(start: int, last: int, partitions: int) -> asyncio.Future[Partitioned]:
             if pool is None:
-                return loop.run_in_executor(None, self.decoder.batch, batch)
-            return loop.run_in_executor(pool, _decode, batch)
+                return loop.run_in_executor(None, self.decoder.partitioned, start, last, partitions)
+            return loop.run_in_executor(pool, decode_range, start, last, partitions)
 
-        # Batches being decoded, in log order; as many as there are decoder processes.
         ahead = max(1, self.settings.relay_decode_processes)
-        pending: deque[tuple[asyncio.Future[list[OutgoingMessage]], int]] = deque()
+        size = self.settings.relay_batch_size
+        pending: deque[tuple[asyncio.Future[Partitioned], int, int]] = deque()
+        recording: asyncio.Future[None] | None = None
+        head = dispatched = position
+        look = True  # read the head: at start, after a commit, and once a second anyway
         try:
             next_check = time.monotonic() + LOCK_CHECK_SECONDS
             while not stop.is_set():
-                while len(pending) < ahead:
-                    batch = await feed.take(self.settings.relay_batch_size, wait=not pending)
-                    if not batch:
-                        break
-                    pending.append((decode(batch), batch[-1].id))
+                if dispatched == head and (look or commits.is_set()):
+                    commits.clear()
+                    head = max(head, await asyncio.to_thread(self.app.head_position))
+                    look = False
+                while len(pending) < ahead and dispatched < head:
+                    last = min(head, dispatched + size)
+                    partitions = await self.partition_count(producer)
+                    pending.append((encode(dispatched + 1, last, partitions), last, partitions))
+                    dispatched = last
                 if pending:
-                    future, last = pending.popleft()
-                    await self._publish_and_record(producer, await future, last, stop)
+                    future, last, partitions = pending.popleft()
+                    messages = await future
+                    if messages:
+                        await self.publish(producer, messages, partitions, stop)
+                    # Recorded in order, the next range being sent meanwhile: a crash
+                    # before a record commits only means re-sending that range.
+                    if recording is not None:
+                        await recording
+                    recording = asyncio.ensure_future(asyncio.to_thread(self._record, last))
+                elif dispatched == head:
+                    look = not await commits.wait(1.0)
                 if time.monotonic() >= next_check:
                     if not await asyncio.to_thread(lock.is_held):
                         raise LostLeadership("the advisory lock's connection was lost")
                     next_check = time.monotonic() + LOCK_CHECK_SECONDS
+            if recording is not None:
+                await recording
         finally:
-            for future, _ in pending:
+            for future, _, _ in pending:
                 future.cancel()
-            await asyncio.to_thread(feed.close)
+            if recording is not None and not recording.done():
+                with contextlib.suppress(Exception):
+                    await recording
+            await asyncio.to_thread(commits.close)
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
@@ -358,20 +309,9 @@ class Relay:
         return ProcessPoolExecutor(
             processes,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
-            initializer=_start_decoder,
+            initializer=start_decoder,
             initargs=(self.settings, self.database_url, os.getpid()),
         )
-
-    async def _publish_and_record(
-        self,
-        producer: AIOKafkaProducer,
-        messages: list[OutgoingMessage],
-        position: int,
-        stop: asyncio.Event,
-    ) -> None:
-        if messages:
-            await self.publish(producer, messages, stop)
-        await asyncio.to_thread(self._record, position)
 
     def _record(self, position: int) -> None:
         try:
@@ -397,89 +337,19 @@ class Relay:
         producer = await self.start_producer(stop)
         sent = 0
         try:
-            start = from_position
-            while start <= last and not stop.is_set():
-                notifications = await asyncio.to_thread(
-                    self.app.recorder.select_notifications,
-                    start,
-                    self.settings.relay_batch_size,
-                    last,
-                )
-                if not notifications:
+            size = self.settings.relay_batch_size
+            for start in range(max(1, from_position), last + 1, size):
+                if stop.is_set():
                     break
-                messages = await asyncio.to_thread(self.envelopes, notifications)
-                await self.publish(producer, messages, stop)
-                sent += len(messages)
-                start = notifications[-1].id + 1
+                stop_at = min(last, start + size - 1)
+                partitions = await self.partition_count(producer)
+                messages = await asyncio.to_thread(
+                    self.decoder.partitioned, start, stop_at, partitions
+                )
+                sent += await self.publish(producer, messages, partitions, stop)
         finally:
             await producer.stop()
         return sent
-
-
-class _Feed:
-    """The library's LISTEN/NOTIFY subscription, on a thread, bridged to asyncio."""
-
-    _END = object()
-
-    def __init__(
-        self,
-        app: TodoApplication,
-        position: int,
-        capacity: int,
-    ) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
-        self._halt = threading.Event()
-        self._error: BaseException | None = None
-        self._subscription = app.recorder.subscribe(gt=position)
-        self._subscription.__enter__()
-        self._thread = threading.Thread(target=self._pump, name="relay-feed", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for notification in self._subscription:
-                while not self._halt.is_set():
-                    try:
-                        self._queue.put(notification, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self._halt.is_set():
-                    return
-        except BaseException as e:
-            self._error = e
-        finally:
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(self._END)
-
-    async def take(self, limit: int, *, wait: bool = True) -> list[Notification]:
-        """What is ready, up to ``limit``; may wait half a second for the first one."""
-        try:
-            first = self._queue.get_nowait()
-        except queue.Empty:
-            if not wait:
-                return []
-            try:
-                first = await asyncio.to_thread(self._queue.get, True, 0.5)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    raise RuntimeError(f"the log subscription ended: {self._error!r}") from None
-                return []
-        batch = [first]
-        while len(batch) < limit:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if any(item is self._END for item in batch):
-            raise RuntimeError(f"the log subscription ended: {self._error!r}")
-        return batch
-
-    def close(self) -> None:
-        self._halt.set()
-        with contextlib.suppress(Exception):
-            self._subscription.__exit__(None, None, None)
-        self._thread.join(timeout=5)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
