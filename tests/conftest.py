@@ -71,6 +71,14 @@ def fresh_database_url(server_url: str) -> Iterator[str]:
     drop_database(server_url, name)
 
 
+@pytest.fixture
+def fresh_app(settings: Settings, fresh_database_url: str) -> Iterator[TodoApplication]:
+    """The application on a database of its own (an empty log)."""
+    app = build_application(settings, fresh_database_url)
+    yield app
+    app.close()
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Iterator
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -13,20 +12,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.downstream import kafka_settings, read_topic, unique
 from tododb.application import TodoApplication
-from tododb.bootstrap import build_application
 from tododb.broker import BrokerHandle
 from tododb.relay.decoding import Envelopes
 from tododb.relay.service import Relay
 from tododb.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fresh_app(settings: Settings, fresh_database_url: str) -> Iterator[TodoApplication]:
-    app = build_application(settings, fresh_database_url)
-    yield app
-    app.close()
 
 
 def test_a_range_without_the_created_events_still_gets_each_owner(

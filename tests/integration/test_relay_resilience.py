@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -24,7 +23,6 @@ import pytest
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.downstream import eventually, kafka_settings, read_topic, running, unique
 from tododb.application import TodoApplication
-from tododb.bootstrap import build_application
 from tododb.broker import BrokerHandle, TansuBroker
 from tododb.consumers.runner import AnalyticsService
 from tododb.domain import event_id, public_type
@@ -33,13 +31,6 @@ from tododb.relay.status import relay_status
 from tododb.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-@pytest.fixture
-def fresh_app(settings: Settings, fresh_database_url: str) -> Iterator[TodoApplication]:
-    app = build_application(settings, fresh_database_url)
-    yield app
-    app.close()
 
 
 class Writer:
