@@ -242,8 +242,12 @@ class Relay:
         """Dispatch position ranges to the decoders; send each range's messages in order.
 
         Up to one range per decoder process is read and encoded ahead, while the oldest
-        is sent. A range is sent only after the previous one was acknowledged and
-        recorded, so a re-send never overtakes newer events of the same todo.
+        is sent. A range is sent only after the previous one was acknowledged, so a
+        re-send never overtakes newer events of the same todo. Positions are recorded
+        in order, each while the next range is being sent.
+
+        The range split is what the library's subscription (one cursor, one thread)
+        cannot do: it lets the decoder processes read and encode in parallel.
         """
         position = await asyncio.to_thread(self.position)
         log.info("relay: following the log from position %d to topic %s", position, self.topic)
@@ -290,12 +294,10 @@ class Relay:
                     if not await asyncio.to_thread(lock.is_held):
                         raise LostLeadership("the advisory lock's connection was lost")
                     next_check = time.monotonic() + LOCK_CHECK_SECONDS
-            if recording is not None:
-                await recording
         finally:
             for future, _, _ in pending:
                 future.cancel()
-            if recording is not None and not recording.done():
+            if recording is not None:  # let the last record land (or fail: we re-send)
                 with contextlib.suppress(Exception):
                     await recording
             await asyncio.to_thread(commits.close)
