@@ -86,6 +86,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         jwt_secret=TEST_SECRET,  # type: ignore[arg-type]
         data_dir=tmp_path_factory.mktemp("data"),
         read_wait_seconds=2.0,
+        webhook_allow_private_targets=True,  # the test webhook receivers are on loopback
     )
 
 

@@ -80,6 +80,8 @@ def dev(
     env["DATABASE_URL"] = database_url
     env["TODO_DATA_DIR"] = str(settings.data_dir.resolve())
     env["TODO_JWT_SECRET"] = settings.resolved_jwt_secret()
+    # On a laptop, webhooks to a local receiver are the point; never in production.
+    env.setdefault("TODO_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
     broker = _start_dev_broker(settings, env)
     specs = [
         ProcessSpec("api", todo_command("serve", "--port", str(api_port))),

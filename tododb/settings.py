@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     consumer_backoff_seconds: float = Field(default=0.2, ge=0)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1000)
     consumer_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    webhook_allow_private_targets: bool = Field(
+        default=False,
+        description=(
+            "Let webhooks point at loopback, private and link-local addresses "
+            "(local development); off in production: server-side request forgery."
+        ),
+    )
     webhook_max_attempts: int = Field(default=6, ge=1)
     webhook_backoff_seconds: float = Field(default=1.0, ge=0)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)

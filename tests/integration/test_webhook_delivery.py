@@ -11,15 +11,19 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import PROBLEM
 from tests.downstream import WebhookReceiver, eventually, running, unique
+from tododb.api.app import create_app
+from tododb.application import TodoApplication
 from tododb.consumers.core import ConsumerService
 from tododb.consumers.notifications import NotificationsHandler
 from tododb.consumers.webhooks import DeliveryWorker
 from tododb.domain import Todo
+from tododb.projections.registry import ReadSide
 from tododb.relay.envelope import parse_message, to_message
 from tododb.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.integration
 
 
 def attempts(database_url: str, webhook_id: str) -> list[tuple[str, Any]]:
@@ -32,6 +36,7 @@ def attempts(database_url: str, webhook_id: str) -> list[tuple[str, Any]]:
     return [(r[0], r[1]) for r in rows]
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
     settings: Settings,
     database_url: str,
@@ -83,6 +88,69 @@ async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
         assert len(receiver.received) == 3
         circuit = client.get("/v1/webhooks", headers=headers).json()["items"][0]["circuit"]
         assert circuit == {"state": "closed", "consecutive_failures": 0, "open_until": None}
+        await consumer.close()
+    finally:
+        receiver.close()
+
+
+def test_registration_refuses_private_targets_unless_allowed(
+    settings: Settings,
+    todo_app: TodoApplication,
+    read_side: ReadSide,
+    auth: Callable[..., dict[str, str]],
+) -> None:
+    strict = settings.model_copy(update={"webhook_allow_private_targets": False})
+    headers = auth(unique("mallory"))
+    with TestClient(create_app(strict, todo_app, read_side, close_on_shutdown=False)) as api:
+        for url in ("http://127.0.0.1:5432/", "http://localhost/x", "http://169.254.169.254/"):
+            response = api.post(
+                "/v1/webhooks", json={"url": url, "secret": "x" * 20}, headers=headers
+            )
+            assert response.status_code == 422, url
+            assert response.headers["content-type"] == PROBLEM
+            assert response.json()["type"].endswith("webhook-target-refused")
+        assert api.get("/v1/webhooks", headers=headers).json()["items"] == []
+        public = api.post(
+            "/v1/webhooks",
+            json={"url": "https://8.8.8.8/hook", "secret": "x" * 20},
+            headers=headers,
+        )
+        assert public.status_code == 201
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_delivery_re_checks_the_target_and_sends_nothing_to_a_private_one(
+    settings: Settings,
+    database_url: str,
+    client: TestClient,
+    auth: Callable[..., dict[str, str]],
+) -> None:
+    owner = unique("trent")
+    receiver = WebhookReceiver()
+    try:
+        # Registered while allowed (or its name pointed elsewhere then); now it is not.
+        hook = client.post(
+            "/v1/webhooks", json={"url": receiver.url, "secret": "x" * 20}, headers=auth(owner)
+        ).json()
+        strict = settings.model_copy(
+            update={"webhook_allow_private_targets": False, "webhook_backoff_seconds": 0.05}
+        )
+        consumer = ConsumerService(strict, database_url, NotificationsHandler(), group_id="unused")
+        await consumer.prepare(asyncio.Event())
+        todo = Todo.create(owner=owner, title="ping")
+        message = to_message(todo.collect_events()[0], 1, owner)
+        async with running(DeliveryWorker(strict, consumer.pool).run):
+            await consumer._handle_once(parse_message(message.value, message.key, message.headers))
+            await eventually(lambda: attempts(database_url, hook["id"]), what="an attempt")
+        with psycopg.connect(database_url) as conn:
+            outcome, status_code, error = conn.execute(
+                "SELECT outcome, status_code, error FROM notifications.delivery_attempts "
+                "WHERE webhook_id = %s ORDER BY id LIMIT 1",
+                (hook["id"],),
+            ).fetchone() or (None, None, None)
+        assert (outcome, status_code) == ("retry", None)
+        assert error.startswith("refused: 127.0.0.1 is not a public address")
+        assert receiver.received == []
         await consumer.close()
     finally:
         receiver.close()

@@ -67,6 +67,7 @@ def create_app(
     app.state.jwt_secret = settings.resolved_jwt_secret()
     app.state.jwt_leeway = settings.jwt_leeway_seconds
     app.state.kafka_topic = settings.kafka_topic
+    app.state.webhook_allow_private_targets = settings.webhook_allow_private_targets
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     metrics = Metrics(watcher)

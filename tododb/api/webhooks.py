@@ -13,6 +13,7 @@ from tododb.api.auth import CurrentUser
 from tododb.api.downstream import downstream_connection
 from tododb.api.problems import Problem
 from tododb.api.schemas import ProblemOut
+from tododb.egress import refusal
 
 MAX_WEBHOOKS_PER_USER = 20
 
@@ -79,6 +80,15 @@ def _out(row: dict[str, Any]) -> WebhookOut:
 def create_webhook(
     body: WebhookCreate, user: CurrentUser, request: Request, response: Response
 ) -> WebhookOut:
+    if not request.app.state.webhook_allow_private_targets:
+        reason = refusal(str(body.url))
+        if reason is not None:
+            raise Problem(
+                422,
+                "Webhook target not allowed",
+                f"webhooks must point at a public address: {reason}",
+                type_="webhook-target-refused",
+            )
     with downstream_connection(request) as conn, conn.transaction():
         # Serialise one user's registrations so the limit holds under concurrency.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"webhooks:{user.id}",))

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from tododb.aio import wait_or_stop
 from tododb.consumers.core import INFRASTRUCTURE_ERRORS
+from tododb.egress import refusal
 from tododb.messaging import backoff_delay
 from tododb.settings import Settings
 
@@ -150,12 +151,20 @@ class DeliveryWorker:
         started = time.perf_counter()
         status_code: int | None = None
         error: str | None = None
+        refused = (
+            None
+            if self.settings.webhook_allow_private_targets
+            else await asyncio.to_thread(refusal, row["url"])  # resolved afresh: DNS changes
+        )
         try:
-            response = await http.post(row["url"], content=body, headers=headers)
-            status_code = response.status_code
-            ok = 200 <= status_code < 300
-            if not ok:
-                error = f"HTTP {status_code}"
+            if refused is not None:
+                ok, error = False, f"refused: {refused}"
+            else:
+                response = await http.post(row["url"], content=body, headers=headers)
+                status_code = response.status_code
+                ok = 200 <= status_code < 300
+                if not ok:
+                    error = f"HTTP {status_code}"
         except httpx.HTTPError as e:
             ok = False
             error = f"{type(e).__name__}: {e}"[:500]
