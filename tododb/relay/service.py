@@ -118,9 +118,9 @@ class Relay:
         were most of the relay's own CPU). Batches of one partition go out in order.
         Returns how many messages were acknowledged; raises if any batch failed.
         """
-        if await self.partition_count(producer) != partitions:  # the topic grew meanwhile
-            partitions = await self.partition_count(producer)
-            messages = self.decoder.group([m for ms in messages.values() for m in ms], partitions)
+        current = await self.partition_count(producer)
+        if current != partitions:  # the topic grew since the range was encoded
+            messages = self.decoder.group([m for ms in messages.values() for m in ms], current)
         futures = []
         for partition, batch_messages in messages.items():
             batch = producer.create_batch()
