@@ -23,8 +23,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_database, rate
-from tododb.bootstrap import build_application
-from tododb.settings import Settings
+from tododb.entrypoints.bootstrap import build_application
+from tododb.infra.settings import Settings
 
 STATE = b'{"title": "benchmark todo", "description": "", "tags": ["a", "b"]}' * 2
 

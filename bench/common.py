@@ -13,7 +13,8 @@ from pathlib import Path
 
 import psycopg
 
-from tododb.database import start_embedded, with_database
+from tododb.devservers.postgres import start_embedded
+from tododb.infra.postgres import with_database
 
 
 @contextmanager

@@ -28,9 +28,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_database
-from tododb.bootstrap import build_application, build_read_side
+from tododb.entrypoints.bootstrap import build_application, build_read_side
+from tododb.infra.settings import Settings
 from tododb.projections.registry import read_position
-from tododb.settings import Settings
 
 
 def pct(values: list[float], p: float) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
         read_side.ensure()
         raw = raw_notify_latency(url)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "tododb.cli", "projections", "run"],
+            [sys.executable, "-m", "tododb.entrypoints.cli", "projections", "run"],
             env={**os.environ, "DATABASE_URL": url, "TODO_LOG_LEVEL": "WARNING"},
         )
         warm = app.create_todo("warm-up", title="warm-up").position or 0

@@ -24,10 +24,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_database
-from tododb.bootstrap import build_application, build_read_side
 from tododb.domain import Todo
+from tododb.entrypoints.bootstrap import build_application, build_read_side
+from tododb.infra.settings import Settings
 from tododb.projections.rebuild import rebuild
-from tododb.settings import Settings
 
 
 def write_fixture(app: object, events: int, console: Console) -> None:

@@ -45,15 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_database
 from tododb.application import TodoApplication
-from tododb.bootstrap import build_application
-from tododb.broker import TansuBroker, create_topic
 from tododb.consumers.core import AsyncConn, ConsumerService
 from tododb.consumers.ddl import inbox_ddl
+from tododb.contract import CONTENT_TYPE, TodoEvent
+from tododb.devservers.tansu import TansuBroker
 from tododb.domain import Todo
-from tododb.messaging import make_producer
-from tododb.relay.envelope import CONTENT_TYPE, TodoEvent
-from tododb.relay.service import Relay
-from tododb.settings import Settings
+from tododb.entrypoints.bootstrap import build_application, build_relay
+from tododb.infra.kafka import create_topic, make_producer
+from tododb.infra.settings import Settings
 
 PARTITIONS = 6
 
@@ -85,7 +84,7 @@ def store_events(app: TodoApplication, events: int, batch: int = 250) -> None:
 
 async def time_relay(settings: Settings, url: str, app: TodoApplication) -> tuple[float, float]:
     """Seconds for the relay to publish the whole log; mean message size in bytes."""
-    relay = Relay(settings, url, app)
+    relay = build_relay(settings, url, app)
     head = app.head_position()
     sample = relay.decoder.range(1, 1000)
     mean_size = statistics.fmean(len(m.value) + len(m.key) for m in sample)
@@ -234,7 +233,7 @@ async def latency(
     group = f"bench-{uuid.uuid4().hex[:6]}"
     consumer = spawn.Process(target=consume, args=(settings, url, group, count, stop, sender))
     consumer.start()
-    relay = Relay(settings, url, app)
+    relay = build_relay(settings, url, app)
     halt = asyncio.Event()
     task = asyncio.create_task(relay.run(halt))
     committed: dict[str, float] = {}

@@ -1,9 +1,9 @@
 """Pytest fixtures for a Kafka-compatible broker.
 
-``kafka_broker`` (session scope) is a :class:`tododb.broker.TansuBroker` started
+``kafka_broker`` (session scope) is a :class:`tododb.devservers.tansu.TansuBroker` started
 once per run on a free ``127.0.0.1`` port, with in-memory storage. With the
 environment variable ``KAFKA_BOOTSTRAP_SERVERS`` set, it is an
-:class:`tododb.broker.ExternalBroker` pointing there instead, whose ``restart()``
+:class:`tododb.devservers.tansu.ExternalBroker` pointing there instead, whose ``restart()``
 raises; tests that need a restart check ``kafka_broker.supports_restart`` or,
 better, start a :class:`TansuBroker` of their own (restarting the shared one wipes
 the topics of every other test, since Tansu's memory store does not survive).
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tododb.broker import BrokerHandle, ExternalBroker, TansuBroker
+from tododb.devservers.tansu import BrokerHandle, ExternalBroker, TansuBroker
 
 #: Environment variable naming an external broker to use instead of Tansu.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"

@@ -20,11 +20,17 @@ from fastapi.testclient import TestClient
 from tododb.api.app import create_app
 from tododb.api.auth import issue_token
 from tododb.application import TodoApplication
-from tododb.bootstrap import build_application, build_read_side
-from tododb.database import start_embedded, with_database
+from tododb.devservers.postgres import start_embedded
+from tododb.entrypoints.bootstrap import (
+    build_api_services,
+    build_application,
+    build_read_side,
+    prepare_schemas,
+)
+from tododb.infra.postgres import with_database
+from tododb.infra.settings import Settings
 from tododb.projections.registry import ReadSide
 from tododb.projections.worker import run_all
-from tododb.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 32
 PROBLEM = "application/problem+json"
@@ -42,6 +48,15 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
     return start_embedded(Path(tmp_path_factory.mktemp("embedded-pg")))
+
+
+def api_for(
+    settings: Settings, todo_app: TodoApplication, read_side: ReadSide, **options: Any
+) -> Any:
+    """The API as `todo serve` wires it (the composition root), on this application."""
+    services = build_api_services(settings, todo_app, read_side)
+    prepare_schemas(services, read_side)
+    return create_app(settings, services, **options)
 
 
 def create_database(server_url: str, prefix: str = "tododb_test") -> str:
@@ -122,7 +137,7 @@ def client(
     read_side: ReadSide,
     projection_worker: threading.Event,
 ) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, todo_app, read_side, close_on_shutdown=False)) as c:
+    with TestClient(api_for(settings, todo_app, read_side, close_on_shutdown=False)) as c:
         yield c
 
 

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tododb.broker import BrokerHandle
-from tododb.settings import Settings
+from tododb.devservers.tansu import BrokerHandle
+from tododb.infra.settings import Settings
 
 T = TypeVar("T")
 

@@ -6,7 +6,6 @@ so that ownership is checked here, once, for every entry point (API, CLI, tests)
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import RecordConflictError
 
 from tododb.domain import Todo, TodoDeletedError, event_id, event_payload, public_type
+from tododb.infra.retry import Backoff
 
 
 class TodoNotFound(Exception):
@@ -68,6 +68,8 @@ class StoredTodoEvent:
 
 
 CREATE_FIELDS = ("title", "description", "due", "priority", "tags")
+CONFLICT_BACKOFF = Backoff(base=0.004, cap=0.1)
+"""Between retries of a lost race: the same bounds as before (0.002 * 2**attempt)."""
 
 
 class TodoApplication(Application[UUID]):
@@ -210,7 +212,7 @@ class TodoApplication(Application[UUID]):
         for attempt in range(self.conflict_retries + 1):
             if attempt:
                 # Jittered backoff: racing writers spread out instead of colliding again.
-                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
+                time.sleep(CONFLICT_BACKOFF.delay(attempt))
             todo = self._get_owned(owner, todo_id)
             if expected_version is not None and todo.version != expected_version:
                 raise PreconditionFailed(todo.version)

@@ -14,7 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
-from tododb.broker import BrokerHandle, TansuBroker, create_topic
+from tododb.devservers.tansu import BrokerHandle, TansuBroker
+from tododb.infra.kafka import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -28,7 +29,7 @@ def unique(prefix: str) -> str:
 
 
 def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
-    # Tansu rejects InitProducerId, so no idempotent producer (see tododb.broker).
+    # Tansu rejects InitProducerId, so no idempotent producer (see tododb.devservers.tansu).
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",

@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import jwt
 import psutil
 
 from tests.conftest import wait_until
+from tododb.entrypoints.supervisor import todo_command
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ def free_port() -> int:
 def test_token_prints_a_jwt_for_the_user(tmp_path: Path) -> None:
     env = {**os.environ, "TODO_JWT_SECRET": "cli-secret-" + "y" * 32}
     out = subprocess.run(
-        [sys.executable, "-m", "tododb.cli", "token", "alice", "--admin", "--ttl", "120"],
+        todo_command("token", "alice", "--admin", "--ttl", "120"),
         env=env,
         capture_output=True,
         text=True,
@@ -48,7 +48,7 @@ def test_dev_starts_everything_serves_requests_and_stops_cleanly_on_ctrl_c(
     }
     env.update(TODO_DATA_DIR=str(tmp_path / "data"), TODO_PORT=str(port), COLUMNS="400")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tododb.cli", "dev"],
+        todo_command("dev"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -12,12 +12,13 @@ from aiokafka import AIOKafkaProducer
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.downstream import eventually, kafka_settings, read_topic, running, unique
-from tododb.broker import BrokerHandle, create_topic
 from tododb.consumers.core import dlq_topic, redrive
 from tododb.consumers.runner import NotificationsService
+from tododb.devservers.tansu import BrokerHandle
 from tododb.domain import Todo
+from tododb.infra.kafka import create_topic
+from tododb.infra.settings import Settings
 from tododb.relay.envelope import to_message
-from tododb.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.downstream import WebhookReceiver, eventually, kafka_settings, running, unique
-from tododb.broker import BrokerHandle
+from tododb.consumers.notifications.delivery import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tododb.consumers.runner import AnalyticsService, NotificationsService
-from tododb.consumers.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from tododb.relay.service import Relay
-from tododb.settings import Settings
+from tododb.devservers.tansu import BrokerHandle
+from tododb.entrypoints.bootstrap import build_relay
+from tododb.infra.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ async def test_command_to_notification_webhook_and_analytics(
             "open_until": None,
         }
 
-        relay = Relay(s, database_url)
+        relay = build_relay(s, database_url)
         notifications = NotificationsService(s, database_url, group_id=unique("notifications"))
         analytics = AnalyticsService(s, database_url, group_id=unique("analytics"))
         async with running(relay.run, notifications.run, analytics.run):

@@ -135,11 +135,10 @@ def test_a_stored_v1_created_event_is_read_as_v2(
 def test_database_loss_is_503_not_500(
     server_url: str, settings: object, auth: Callable[..., dict[str, str]]
 ) -> None:
-    from tests.conftest import create_database, drop_database
-    from tododb.api.app import create_app
-    from tododb.bootstrap import build_application, build_read_side
-    from tododb.database import with_database
-    from tododb.settings import Settings
+    from tests.conftest import api_for, create_database, drop_database
+    from tododb.entrypoints.bootstrap import build_application, build_read_side
+    from tododb.infra.postgres import with_database
+    from tododb.infra.settings import Settings
 
     assert isinstance(settings, Settings)
     name = create_database(server_url, "tododb_doomed")
@@ -147,7 +146,7 @@ def test_database_loss_is_503_not_500(
     todo_app = build_application(
         settings.model_copy(update={"database_url": url, "db_connect_timeout": 1}), url
     )
-    with TestClient(create_app(settings, todo_app, build_read_side(settings, url))) as c:
+    with TestClient(api_for(settings, todo_app, build_read_side(settings, url))) as c:
         assert c.get("/readyz").status_code == 200
         drop_database(server_url, name)
         assert c.get("/readyz").status_code == 503

@@ -18,12 +18,12 @@ from psycopg.rows import dict_row
 
 from tests.conftest import wait_until
 from tododb.application import TodoApplication, TodoGone
-from tododb.bootstrap import build_application, build_read_side
 from tododb.domain import Todo
+from tododb.entrypoints.bootstrap import build_application, build_read_side
+from tododb.infra.settings import Settings
 from tododb.projections.rebuild import rebuild
 from tododb.projections.registry import ReadSide
 from tododb.projections.rows import TodoRow
-from tododb.settings import Settings
 
 
 def random_commands(app: TodoApplication, n: int, seed: int, users: int = 3) -> None:
@@ -162,7 +162,7 @@ def isolated(
 def start_worker(url: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": url, "TODO_LOG_LEVEL": "WARNING"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tododb.cli", "projections", "run"],
+        [sys.executable, "-m", "tododb.entrypoints.cli", "projections", "run"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -170,7 +170,7 @@ def start_worker(url: str) -> subprocess.Popen[bytes]:
 
 
 def lock_held(url: str, name: str) -> bool:
-    from tododb.leadership import lock_holders
+    from tododb.infra.leadership import lock_holders
 
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return lock_holders(conn, name) == 1
@@ -269,7 +269,7 @@ def test_cli_status_and_rebuild(isolated: tuple[str, TodoApplication, ReadSide])
         app.create_todo("cli-user", title=f"t{i}")
     env = {**os.environ, "DATABASE_URL": url, "COLUMNS": "200"}
     out = subprocess.run(
-        [sys.executable, "-m", "tododb.cli", "projections", "rebuild", "todos"],
+        [sys.executable, "-m", "tododb.entrypoints.cli", "projections", "rebuild", "todos"],
         env=env,
         capture_output=True,
         text=True,
@@ -278,7 +278,7 @@ def test_cli_status_and_rebuild(isolated: tuple[str, TodoApplication, ReadSide])
     ).stdout
     assert "generation 2 is live at position 5" in out
     status = subprocess.run(
-        [sys.executable, "-m", "tododb.cli", "projections", "status"],
+        [sys.executable, "-m", "tododb.entrypoints.cli", "projections", "status"],
         env=env,
         capture_output=True,
         text=True,

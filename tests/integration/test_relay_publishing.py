@@ -12,10 +12,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.downstream import kafka_settings, read_topic, unique
 from tododb.application import TodoApplication
-from tododb.broker import BrokerHandle
+from tododb.devservers.tansu import BrokerHandle
+from tododb.entrypoints.bootstrap import build_relay
+from tododb.infra.settings import Settings
 from tododb.relay.decoding import Envelopes
-from tododb.relay.service import Relay
-from tododb.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ async def test_messages_go_where_kafkas_default_partitioner_puts_them_in_log_ord
         todo = fresh_app.create_todo(owner, title=f"todo {i}").todo
         fresh_app.complete_todo(owner, todo.id)
         fresh_app.reopen_todo(owner, todo.id)
-    relay = Relay(s, fresh_database_url, fresh_app)
+    relay = build_relay(s, fresh_database_url, fresh_app)
     stop = asyncio.Event()
     producer = await relay.start_producer(stop)
     try:

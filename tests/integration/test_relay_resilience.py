@@ -23,12 +23,12 @@ import pytest
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.downstream import eventually, kafka_settings, read_topic, running, unique
 from tododb.application import TodoApplication
-from tododb.broker import BrokerHandle, TansuBroker
 from tododb.consumers.runner import AnalyticsService
+from tododb.devservers.tansu import BrokerHandle, TansuBroker
 from tododb.domain import event_id, public_type
-from tododb.relay.service import Relay
+from tododb.entrypoints.bootstrap import build_relay
+from tododb.infra.settings import Settings
 from tododb.relay.status import relay_status
-from tododb.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -133,7 +133,7 @@ def relay_process(s: Settings, database_url: str, log_path: str) -> subprocess.P
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "tododb.cli", "relay", "run"],
+            [sys.executable, "-m", "tododb.entrypoints.cli", "relay", "run"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -247,7 +247,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
     try:
         # Decoding in the relay's own process (no decoder processes): that path too.
         s = kafka_settings(settings, broker, relay_decode_processes=0)
-        relay = Relay(s, fresh_database_url)
+        relay = build_relay(s, fresh_database_url)
         group = unique("analytics")
         users = [unique("user") for _ in range(3)]
 
@@ -304,9 +304,9 @@ async def test_replay_republishes_from_a_position_and_status_reports_lag(
     owner = unique("dave")
     for i in range(5):
         fresh_app.create_todo(owner, title=f"todo {i}")
-    relay = Relay(s, fresh_database_url, fresh_app)
+    relay = build_relay(s, fresh_database_url, fresh_app)
     try:
-        assert relay_status(s, fresh_database_url) == {
+        assert relay_status(fresh_database_url, s.db_schema) == {
             "position": 0,
             "head": 5,
             "lag": 5,

@@ -11,17 +11,17 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import PROBLEM
+from tests.conftest import PROBLEM, api_for
 from tests.downstream import WebhookReceiver, eventually, running, unique
-from tododb.api.app import create_app
 from tododb.application import TodoApplication
 from tododb.consumers.core import ConsumerService
-from tododb.consumers.notifications import NotificationsHandler
-from tododb.consumers.webhooks import DeliveryWorker
+from tododb.consumers.notifications.delivery import DeliveryWorker
+from tododb.consumers.notifications.handler import NotificationsHandler
+from tododb.contract import parse_message
 from tododb.domain import Todo
+from tododb.infra.settings import Settings
 from tododb.projections.registry import ReadSide
-from tododb.relay.envelope import parse_message, to_message
-from tododb.settings import Settings
+from tododb.relay.envelope import to_message
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_registration_refuses_private_targets_unless_allowed(
 ) -> None:
     strict = settings.model_copy(update={"webhook_allow_private_targets": False})
     headers = auth(unique("mallory"))
-    with TestClient(create_app(strict, todo_app, read_side, close_on_shutdown=False)) as api:
+    with TestClient(api_for(strict, todo_app, read_side, close_on_shutdown=False)) as api:
         for url in ("http://127.0.0.1:5432/", "http://localhost/x", "http://169.254.169.254/"):
             response = api.post(
                 "/v1/webhooks", json={"url": url, "secret": "x" * 20}, headers=headers

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 
-from tododb.consumers.webhooks import sign, verify
-from tododb.domain import Todo, event_id, event_id_text
-from tododb.messaging import backoff_delay
+from tododb import contract
+from tododb.consumers.notifications.delivery import sign, verify
+from tododb.contract import BadEnvelope, parse_message
+from tododb.domain import PUBLIC_EVENT_TYPES, Todo, event_id
 from tododb.relay.decoding import OwnerCache
-from tododb.relay.envelope import BadEnvelope, parse_message, to_message
+from tododb.relay.envelope import event_id_text, to_message
 
 
 def _events() -> tuple[Todo, list[object]]:
@@ -109,14 +111,26 @@ def test_webhook_signature_covers_timestamp_and_body() -> None:
     assert not verify("another-secret-xxxx", "1700000000", body, signature)
 
 
-def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
-    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (10, 5.0)]:
-        delays = [backoff_delay(attempt, 0.1, 5.0) for _ in range(200)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert len(set(delays)) > 1
-
-
 def test_event_id_text_is_the_uuid5_event_id() -> None:
     for version in (1, 2, 9, 10, 123_456):
         todo_id = uuid4()
         assert event_id_text(todo_id, version) == str(event_id(todo_id, version))
+
+
+def test_the_contract_names_exactly_the_domain_events() -> None:
+    """The contract is typed apart from the domain (it imports none of it); this keeps
+    the two in step: every domain event is published, and nothing else is named."""
+    assert sorted(contract.EVENT_TYPES) == sorted(PUBLIC_EVENT_TYPES.values())
+    assert len(set(contract.EVENT_TYPES)) == len(contract.EVENT_TYPES)
+
+
+def test_the_readme_examples_are_valid_contract_messages() -> None:
+    """The README shows one message per event type: each parses, and all types are there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines = [ln for ln in readme.splitlines() if ln.startswith('{"id": ') and '"type"' in ln]
+    parsed = [
+        contract.parse_message(json.dumps({"specversion": "1.0", **json.loads(ln)}).encode())
+        for ln in lines
+    ]
+    assert sorted(e.type for e in parsed) == sorted(contract.EVENT_TYPES)
+    assert [e.version for e in parsed] == list(range(1, len(parsed) + 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tododb.egress import refusal
+from tododb.infra.egress import refusal
 
 
 @pytest.mark.parametrize(

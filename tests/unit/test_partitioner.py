@@ -6,7 +6,7 @@ import uuid
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from tododb.messaging import CachingPartitioner
+from tododb.infra.kafka import CachingPartitioner
 
 
 def test_same_partitions_as_the_default_partitioner() -> None:

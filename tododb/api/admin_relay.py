@@ -7,7 +7,6 @@ from pydantic import BaseModel
 
 from tododb.api.auth import AdminUser
 from tododb.api.schemas import ProblemOut
-from tododb.relay.status import read_status
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -30,7 +29,4 @@ class RelayStatusOut(BaseModel):
 @router.get("/relay", response_model=RelayStatusOut)
 def relay_status(_: AdminUser, request: Request) -> RelayStatusOut:
     state = request.app.state
-    datastore = state.todo_app.recorder.datastore
-    with datastore.get_connection() as conn:
-        status = read_status(conn, datastore.schema or "public")
-    return RelayStatusOut(**status, topic=state.kafka_topic)
+    return RelayStatusOut(**state.services.relay_status(), topic=state.kafka_topic)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from tododb.api.auth import CurrentUser
-from tododb.api.downstream import downstream_connection
+from tododb.api.deps import Analytics
 from tododb.api.problems import Problem
 from tododb.api.schemas import ProblemOut
-from tododb.consumers.analytics import daily_figures, today
+from tododb.consumers.analytics.store import today
 
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
@@ -53,7 +53,7 @@ class AnalyticsOut(BaseModel):
 @router.get("", response_model=AnalyticsOut)
 def get_analytics(
     user: CurrentUser,
-    request: Request,
+    store: Analytics,
     from_: Annotated[date | None, Query(alias="from", description="First day (UTC).")] = None,
     to: Annotated[date | None, Query(description="Last day (UTC), default today.")] = None,
 ) -> AnalyticsOut:
@@ -64,8 +64,7 @@ def get_analytics(
         raise Problem(422, "Invalid range", "`from` is after `to`", type_="validation")
     if (end - start).days >= MAX_DAYS:
         raise Problem(422, "Invalid range", f"at most {MAX_DAYS} days", type_="validation")
-    with downstream_connection(request) as conn:
-        days = [DayOut.model_validate(d) for d in daily_figures(conn, user.id, start, end)]
+    days = [DayOut.model_validate(d) for d in store.daily_figures(user.id, start, end)]
     return AnalyticsOut(
         from_=start,
         to=end,

@@ -1,9 +1,11 @@
-"""The FastAPI application factory."""
+"""The FastAPI application factory: routes and middleware around services it is handed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -22,9 +24,12 @@ from tododb.api.metrics import Metrics, MetricsMiddleware
 from tododb.api.positions import PositionWatcher
 from tododb.api.problems import install_problem_handlers
 from tododb.application import TodoApplication
+from tododb.consumers.analytics.store import AnalyticsStore
+from tododb.consumers.notifications.store import NotificationsStore
+from tododb.infra.postgres import ConnectionFactory
+from tododb.infra.settings import Settings
+from tododb.projections.admin import ProjectionsAdmin
 from tododb.projections.queries import ReadModelQueries
-from tododb.projections.registry import ReadSide
-from tododb.settings import Settings
 
 DESCRIPTION = """
 An event-sourced todo backend. Every change is an event in an append-only PostgreSQL
@@ -33,36 +38,36 @@ last event. Errors are RFC 9457 `application/problem+json`.
 """
 
 
-def create_app(
-    settings: Settings,
-    todo_app: TodoApplication,
-    read_side: ReadSide,
-    *,
-    close_on_shutdown: bool = True,
-) -> FastAPI:
-    watcher = PositionWatcher(read_side.database_url, read_side.schema)
+@dataclass(frozen=True)
+class ApiServices:
+    """What the composition root hands the API; the API builds none of it."""
 
+    todo_app: TodoApplication
+    connect: ConnectionFactory
+    """Pooled connections for the read models' queries."""
+    read_queries: ReadModelQueries
+    positions: PositionWatcher
+    notifications: NotificationsStore
+    analytics: AnalyticsStore
+    projections: ProjectionsAdmin
+    relay_status: Callable[[], dict[str, Any]]
+
+
+def create_app(
+    settings: Settings, services: ApiServices, *, close_on_shutdown: bool = True
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        read_side.ensure()
-        watcher.start()
+        services.positions.start()
         try:
             yield
         finally:
-            watcher.stop()
+            services.positions.stop()
             if close_on_shutdown:
-                todo_app.close()
+                services.todo_app.close()
 
-    app = FastAPI(
-        title="tododb",
-        version="1.0.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-    )
-    app.state.todo_app = todo_app
-    app.state.read_side = read_side
-    app.state.read_queries = ReadModelQueries(read_side.schema)
-    app.state.position_watcher = watcher
+    app = FastAPI(title="tododb", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = services
     app.state.read_wait_seconds = settings.read_wait_seconds
     app.state.jwt_secret = settings.resolved_jwt_secret()
     app.state.jwt_leeway = settings.jwt_leeway_seconds
@@ -70,15 +75,9 @@ def create_app(
     app.state.webhook_allow_private_targets = settings.webhook_allow_private_targets
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    metrics = Metrics(watcher)
+    metrics = Metrics(services.positions)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.mount("/metrics", metrics.asgi_app)
-    app.include_router(health.router)
-    app.include_router(queries.router)
-    app.include_router(todos.router)
-    app.include_router(admin.router)
-    app.include_router(admin_relay.router)
-    app.include_router(webhooks.router)
-    app.include_router(notifications.router)
-    app.include_router(analytics.router)
+    for module in (health, queries, todos, admin, admin_relay, webhooks, notifications, analytics):
+        app.include_router(module.router)
     return app

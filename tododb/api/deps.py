@@ -9,13 +9,33 @@ from fastapi import Depends, Header, Request
 
 from tododb.api.problems import Problem
 from tododb.application import TodoApplication
+from tododb.consumers.analytics.store import AnalyticsStore
+from tododb.consumers.notifications.store import NotificationsStore
+from tododb.infra.postgres import ConnectionFactory
 
 _ETAG = re.compile(r'^\s*"(\d+)"\s*$')
 
 
 def get_todo_app(request: Request) -> TodoApplication:
-    app: TodoApplication = request.app.state.todo_app
+    app: TodoApplication = request.app.state.services.todo_app
     return app
+
+
+def get_connect(request: Request) -> ConnectionFactory:
+    """Lends pooled connections for the read models' queries (taken only when needed,
+    never held while a request waits for a position)."""
+    connect: ConnectionFactory = request.app.state.services.connect
+    return connect
+
+
+def get_notifications(request: Request) -> NotificationsStore:
+    store: NotificationsStore = request.app.state.services.notifications
+    return store
+
+
+def get_analytics(request: Request) -> AnalyticsStore:
+    store: AnalyticsStore = request.app.state.services.analytics
+    return store
 
 
 def expected_version(
@@ -35,4 +55,7 @@ def expected_version(
 
 
 TodoApp = Annotated[TodoApplication, Depends(get_todo_app)]
+Connect = Annotated[ConnectionFactory, Depends(get_connect)]
+Notifications = Annotated[NotificationsStore, Depends(get_notifications)]
+Analytics = Annotated[AnalyticsStore, Depends(get_analytics)]
 ExpectedVersion = Annotated[int | None, Depends(expected_version)]

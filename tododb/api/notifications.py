@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from tododb.api.auth import CurrentUser
-from tododb.api.downstream import downstream_connection
+from tododb.api.deps import Notifications
 from tododb.api.problems import Problem
 from tododb.api.schemas import ProblemOut
 
@@ -62,18 +62,12 @@ def decode_cursor(cursor: str) -> int:
 @router.get("", response_model=NotificationPage)
 def list_notifications(
     user: CurrentUser,
-    request: Request,
+    store: Notifications,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> NotificationPage:
     before = decode_cursor(cursor) if cursor else None
-    with downstream_connection(request) as conn:
-        rows = conn.execute(
-            "SELECT id, event_id, todo_id, type, message, data, occurred_at "
-            "FROM notifications.notifications WHERE owner = %s "
-            "AND (%s::bigint IS NULL OR id < %s::bigint) ORDER BY id DESC LIMIT %s",
-            (user.id, before, before, limit + 1),
-        ).fetchall()
+    rows = store.notifications(user.id, before=before, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return NotificationPage(

@@ -12,10 +12,11 @@ import time
 
 import psycopg
 
-from tododb.projections.registry import KINDS, read_position
+from tododb.infra.retry import Backoff
+from tododb.projections.queries import KINDS, VIEWS_CHANNEL, read_position
 
 log = logging.getLogger(__name__)
-CHANNEL = "tododb_views"
+RECONNECT_BACKOFF = Backoff(0.2, 5.0)
 
 
 class PositionWatcher:
@@ -41,13 +42,13 @@ class PositionWatcher:
             self._changed.notify_all()
 
     def _run(self) -> None:
-        backoff = 0.2
+        failures = 0
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {VIEWS_CHANNEL}")
                     self._refresh(conn)
-                    backoff = 0.2
+                    failures = 0
                     while not self._stop.is_set():
                         # Wake on notifications; the timeout re-reads once a second in case
                         # one was missed across a reconnect.
@@ -56,8 +57,8 @@ class PositionWatcher:
                         self._refresh(conn)
             except psycopg.Error as e:
                 log.warning("position watcher lost its connection: %s", e)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                failures += 1
+                self._stop.wait(RECONNECT_BACKOFF.delay(failures))
 
     def wait_for(self, kind: str, position: int, timeout: float) -> bool:
         """True once ``kind`` has applied ``position``; False after ``timeout`` seconds."""

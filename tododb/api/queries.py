@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-import psycopg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel
 
 from tododb.api.auth import CurrentUser
-from tododb.api.deps import TodoApp
+from tododb.api.deps import Connect, TodoApp
 from tododb.api.positions import PositionWatcher
 from tododb.api.problems import Problem
 from tododb.api.schemas import ProblemOut, Tag, TodoOut
 from tododb.application import TodoGone, TodoNotFound
-from tododb.projections.queries import InvalidCursor, ReadModelQueries, TodoFilter
-from tododb.projections.rows import TodoRow
+from tododb.projections.queries import InvalidCursor, ReadModelQueries, TodoFilter, TodoRow
 
 router = APIRouter(
     prefix="/v1",
@@ -50,12 +46,6 @@ def todo_out(row: TodoRow) -> TodoOut:
     )
 
 
-@contextmanager
-def _connection(app: Any) -> Iterator[psycopg.Connection[Any]]:
-    with app.recorder.datastore.get_connection() as conn:
-        yield conn
-
-
 def min_position(
     request: Request,
     x_min_position: Annotated[
@@ -76,7 +66,7 @@ MinPosition = Annotated[int | None, Depends(min_position)]
 def _await_position(request: Request, kind: str, position: int | None) -> None:
     if position is None:
         return
-    watcher: PositionWatcher = request.app.state.position_watcher
+    watcher: PositionWatcher = request.app.state.services.positions
     timeout: float = request.app.state.read_wait_seconds
     if not watcher.wait_for(kind, position, timeout):
         raise Problem(
@@ -90,7 +80,7 @@ def _await_position(request: Request, kind: str, position: int | None) -> None:
 
 
 def _queries(request: Request) -> ReadModelQueries:
-    queries: ReadModelQueries = request.app.state.read_queries
+    queries: ReadModelQueries = request.app.state.services.read_queries
     return queries
 
 
@@ -99,7 +89,7 @@ def list_todos(
     request: Request,
     response: Response,
     user: CurrentUser,
-    app: TodoApp,
+    connect: Connect,
     min_pos: MinPosition,
     status: Literal["open", "completed"] | None = None,
     tag: Annotated[Tag | None, Query()] = None,
@@ -117,7 +107,7 @@ def list_todos(
     _await_position(request, "todos", min_pos)
     filters = TodoFilter(status, tag, priority, due_before, due_after, q)
     try:
-        with _connection(app) as conn:
+        with connect() as conn:
             page = _queries(request).list_todos(
                 conn, user.id, filters, sort=sort, limit=limit, cursor=cursor
             )
@@ -134,6 +124,7 @@ def get_todo(
     response: Response,
     user: CurrentUser,
     app: TodoApp,
+    connect: Connect,
     min_pos: MinPosition,
     as_of_version: Annotated[
         int | None,
@@ -147,7 +138,7 @@ def get_todo(
         response.headers["ETag"] = f'"{todo.version}"'
         return TodoOut.from_todo(todo)
     _await_position(request, "todos", min_pos)
-    with _connection(app) as conn, conn.transaction():
+    with connect() as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         row = _queries(request).get_todo(conn, user.id, todo_id)
         position = _queries(request).positions(conn)["todos"]
@@ -162,11 +153,11 @@ def get_todo(
 
 @router.get("/stats", response_model=Stats)
 def get_stats(
-    request: Request, response: Response, user: CurrentUser, app: TodoApp, min_pos: MinPosition
+    request: Request, response: Response, user: CurrentUser, connect: Connect, min_pos: MinPosition
 ) -> Stats:
     """Open, completed, overdue (open and due before now), total, completed in the last 7 days."""
     _await_position(request, "stats", min_pos)
-    with _connection(app) as conn:
+    with connect() as conn:
         figures = _queries(request).stats(conn, user.id)
     response.headers["X-Position"] = str(figures.pop("position"))
     return Stats(**figures)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from tododb.api.auth import CurrentUser
-from tododb.api.downstream import downstream_connection
+from tododb.api.deps import Notifications
 from tododb.api.problems import Problem
 from tododb.api.schemas import ProblemOut
-from tododb.egress import refusal
+from tododb.consumers.notifications.store import TooManyWebhooks
+from tododb.infra.egress import refusal
 
 MAX_WEBHOOKS_PER_USER = 20
 
@@ -62,12 +63,7 @@ class WebhookList(BaseModel):
 def _out(row: dict[str, Any]) -> WebhookOut:
     open_until = row["circuit_open_until"]
     failures = row["consecutive_failures"]
-    if open_until is not None and open_until > datetime.now(open_until.tzinfo):
-        state = "open"
-    elif open_until is not None:
-        state = "half-open"
-    else:
-        state = "closed"
+    state = row["circuit_state"]
     return WebhookOut(
         id=row["id"],
         url=row["url"],
@@ -78,7 +74,11 @@ def _out(row: dict[str, Any]) -> WebhookOut:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookOut)
 def create_webhook(
-    body: WebhookCreate, user: CurrentUser, request: Request, response: Response
+    body: WebhookCreate,
+    user: CurrentUser,
+    store: Notifications,
+    request: Request,
+    response: Response,
 ) -> WebhookOut:
     if not request.app.state.webhook_allow_private_targets:
         reason = refusal(str(body.url))
@@ -89,58 +89,24 @@ def create_webhook(
                 f"webhooks must point at a public address: {reason}",
                 type_="webhook-target-refused",
             )
-    with downstream_connection(request) as conn, conn.transaction():
-        # Serialise one user's registrations so the limit holds under concurrency.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"webhooks:{user.id}",))
-        row = conn.execute(
-            "SELECT count(*) AS n FROM notifications.webhooks "
-            "WHERE owner = %s AND deleted_at IS NULL",
-            (user.id,),
-        ).fetchone()
-        if row is not None and row["n"] >= MAX_WEBHOOKS_PER_USER:
-            raise Problem(
-                409,
-                "Too many webhooks",
-                f"at most {MAX_WEBHOOKS_PER_USER} webhooks per user",
-                type_="too-many-webhooks",
-            )
-        created = conn.execute(
-            "INSERT INTO notifications.webhooks (id, owner, url, secret) "
-            "VALUES (%s, %s, %s, %s) "
-            "RETURNING id, url, created_at, consecutive_failures, circuit_open_until",
-            (uuid4(), user.id, str(body.url), body.secret),
-        ).fetchone()
-    assert created is not None
+    try:
+        created = store.add_webhook(
+            user.id, str(body.url), body.secret, limit=MAX_WEBHOOKS_PER_USER
+        )
+    except TooManyWebhooks as e:
+        raise Problem(409, "Too many webhooks", str(e), type_="too-many-webhooks") from None
     response.headers["Location"] = f"/v1/webhooks/{created['id']}"
     return _out(created)
 
 
 @router.get("", response_model=WebhookList)
-def list_webhooks(user: CurrentUser, request: Request) -> WebhookList:
-    with downstream_connection(request) as conn:
-        rows = conn.execute(
-            "SELECT id, url, created_at, consecutive_failures, circuit_open_until "
-            "FROM notifications.webhooks "
-            "WHERE owner = %s AND deleted_at IS NULL ORDER BY created_at, id",
-            (user.id,),
-        ).fetchall()
-    return WebhookList(items=[_out(r) for r in rows])
+def list_webhooks(user: CurrentUser, store: Notifications) -> WebhookList:
+    return WebhookList(items=[_out(r) for r in store.webhooks(user.id)])
 
 
 @router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_webhook(webhook_id: UUID, user: CurrentUser, request: Request) -> Response:
+def delete_webhook(webhook_id: UUID, user: CurrentUser, store: Notifications) -> Response:
     """Stops deliveries; the history of attempts is kept."""
-    with downstream_connection(request) as conn, conn.transaction():
-        row = conn.execute(
-            "UPDATE notifications.webhooks SET deleted_at = now() "
-            "WHERE id = %s AND owner = %s AND deleted_at IS NULL RETURNING id",
-            (webhook_id, user.id),
-        ).fetchone()
-        if row is None:
-            raise Problem(404, "Webhook not found", type_="not-found")
-        conn.execute(
-            "UPDATE notifications.deliveries SET status = 'cancelled' "
-            "WHERE webhook_id = %s AND status = 'pending'",
-            (webhook_id,),
-        )
+    if not store.delete_webhook(user.id, webhook_id):
+        raise Problem(404, "Webhook not found", type_="not-found")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,12 +24,16 @@ from aiokafka.errors import KafkaError
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tododb.aio import wait_or_stop
-from tododb.broker import create_topic
 from tododb.consumers.ddl import apply_ddl
-from tododb.messaging import backoff_delay, bootstrap_servers, make_consumer, make_producer
-from tododb.relay.envelope import BadEnvelope, TodoEvent, parse_message
-from tododb.settings import Settings
+from tododb.contract import BadEnvelope, TodoEvent, parse_message
+from tododb.infra.kafka import (
+    bootstrap_servers,
+    create_topic,
+    make_consumer,
+    make_producer,
+)
+from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
+from tododb.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ DLQ_HEADERS = (
 )
 INFRASTRUCTURE_ERRORS = (psycopg.OperationalError, PoolTimeout)
 """Database outages: retried until they pass, never counted against the message."""
+OUTAGE_BACKOFF = Backoff(0.5, 10.0)
+"""Waiting out a database or broker that is down."""
 
 
 class Handler(Protocol):
@@ -108,19 +114,19 @@ class ConsumerService:
 
     async def prepare(self, stop: asyncio.Event) -> None:
         """Create the schema and open the pool, waiting out a database that is down."""
-        attempt = 0
-        while True:
-            try:
-                await asyncio.to_thread(self._create_schema)
-                await self.pool.open(wait=True, timeout=self.settings.db_connect_timeout)
-                return
-            except INFRASTRUCTURE_ERRORS as e:
-                attempt += 1
-                delay = backoff_delay(attempt, 0.5, 10.0)
-                log.warning("%s: database unreachable: %r; retrying in %.1fs", self.name, e, delay)
-                await wait_or_stop(stop, delay)
-                if stop.is_set():
-                    return
+
+        async def prepare_once() -> None:
+            await asyncio.to_thread(self._create_schema)
+            await self.pool.open(wait=True, timeout=self.settings.db_connect_timeout)
+
+        with contextlib.suppress(Stopped):
+            await retry_async(
+                prepare_once,
+                stop=stop,
+                backoff=OUTAGE_BACKOFF,
+                what=f"{self.name}: reaching the database",
+                retry_on=INFRASTRUCTURE_ERRORS,
+            )
 
     def _create_schema(self) -> None:
         with psycopg.connect(
@@ -144,11 +150,18 @@ class ConsumerService:
         try:
             # Create the topic with the configured partitions before subscribing: a
             # subscription to a missing topic would auto-create it with the broker default.
-            await _start_with_retry(self._ensure_topic, stop, f"{self.name} topic")
-            await _start_with_retry(consumer.start, stop, f"{self.name} consumer")
-            await _start_with_retry(producer.start, stop, f"{self.name} DLQ producer")
+            for start, what in (
+                (self._ensure_topic, "topic"),
+                (consumer.start, "consumer"),
+                (producer.start, "DLQ producer"),
+            ):
+                await retry_async(
+                    start, stop=stop, backoff=OUTAGE_BACKOFF, what=f"{self.name}: starting {what}"
+                )
             log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
             await self._loop(consumer, producer, stop)
+        except Stopped:
+            pass
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -170,9 +183,9 @@ class ConsumerService:
                 failures = 0
             except KafkaError as e:
                 failures += 1
-                delay = backoff_delay(failures, 0.5, 10.0)
+                delay = OUTAGE_BACKOFF.delay(failures)
                 log.warning("%s: fetch failed: %r; retrying in %.1fs", self.name, e, delay)
-                await wait_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
                 continue
             handled: dict[TopicPartition, int] = {}
             for tp, records in batches.items():
@@ -248,7 +261,7 @@ class ConsumerService:
             except INFRASTRUCTURE_ERRORS as e:
                 attempt -= 1  # not the message's fault
                 log.warning("%s: database unavailable: %r", self.name, e)
-                await wait_or_stop(stop, backoff_delay(2, 0.5, 10.0))
+                await sleep_or_stop(stop, OUTAGE_BACKOFF.delay(2))
             except Exception as e:
                 if attempt >= self.settings.consumer_max_attempts:
                     log.error(
@@ -260,7 +273,7 @@ class ConsumerService:
                     )
                     return await self.dead_letter(record, e, attempt, producer, stop)
                 self.counters.retries += 1
-                delay = backoff_delay(attempt, self.settings.consumer_backoff_seconds, 30.0)
+                delay = Backoff(self.settings.consumer_backoff_seconds, 30.0).delay(attempt)
                 log.warning(
                     "%s: event %s failed (attempt %d): %r; retrying in %.2fs",
                     self.name,
@@ -269,7 +282,7 @@ class ConsumerService:
                     e,
                     delay,
                 )
-                await wait_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
         return False
 
     async def _handle_once(self, event: TodoEvent) -> None:
@@ -301,21 +314,20 @@ class ConsumerService:
             (DLQ_ORIGIN_OFFSET, str(record.offset).encode()),
             (DLQ_GROUP, self.group_id.encode()),
         ]
-        failures = 0
-        while True:
-            try:
-                await producer.send_and_wait(
+        try:
+            await retry_async(
+                lambda: producer.send_and_wait(
                     self.dlq, record.value, key=record.key, headers=headers
-                )
-                self.counters.dead_lettered += 1
-                return True
-            except KafkaError as e:
-                failures += 1
-                delay = backoff_delay(failures, 0.5, 10.0)
-                log.warning("%s: DLQ publish failed: %r; retrying in %.1fs", self.name, e, delay)
-                await wait_or_stop(stop, delay)
-                if stop.is_set():
-                    return False
+                ),
+                stop=stop,
+                backoff=OUTAGE_BACKOFF,
+                what=f"{self.name}: DLQ publish",
+                retry_on=(KafkaError,),
+            )
+        except Stopped:
+            return False
+        self.counters.dead_lettered += 1
+        return True
 
 
 async def redrive(settings: Settings, group: str, *, wait_seconds: float = 30.0) -> int:
@@ -367,18 +379,3 @@ async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -
         if await consumer.position(tp) < offset:
             return False
     return True
-
-
-async def _start_with_retry(
-    start: Callable[[], Awaitable[None]], stop: asyncio.Event, what: str
-) -> None:
-    attempt = 0
-    while not stop.is_set():
-        try:
-            await start()
-            return
-        except Exception as e:  # connection refused, timeouts, broker errors alike
-            attempt += 1
-            delay = backoff_delay(attempt, 0.5, 10.0)
-            log.warning("%s: broker unreachable: %r; retrying in %.1fs", what, e, delay)
-            await wait_or_stop(stop, delay)

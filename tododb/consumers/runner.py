@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from tododb.consumers.analytics import AnalyticsHandler
+from tododb.consumers.analytics.handler import AnalyticsHandler
 from tododb.consumers.core import ConsumerService
-from tododb.consumers.notifications import NotificationsHandler
-from tododb.consumers.webhooks import DeliveryWorker
-from tododb.settings import Settings
+from tododb.consumers.notifications.delivery import DeliveryWorker
+from tododb.consumers.notifications.handler import NotificationsHandler
+from tododb.infra.settings import Settings
 
 
 class NotificationsService:

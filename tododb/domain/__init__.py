@@ -8,7 +8,6 @@ from tododb.domain.errors import (
 from tododb.domain.event_types import (
     PUBLIC_EVENT_TYPES,
     event_id,
-    event_id_text,
     event_payload,
     public_type,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "Todo",
     "TodoDeletedError",
     "event_id",
-    "event_id_text",
     "event_payload",
     "public_type",
 ]

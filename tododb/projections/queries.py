@@ -14,6 +14,16 @@ from psycopg.sql import SQL, Composable, Identifier
 
 from tododb.projections.registry import KINDS, read_position
 from tododb.projections.rows import TodoRow
+from tododb.projections.views import NOTIFY_CHANNEL as VIEWS_CHANNEL
+
+__all__ = [
+    "KINDS",
+    "VIEWS_CHANNEL",
+    "InvalidCursor",
+    "ReadModelQueries",
+    "TodoRow",
+    "read_position",
+]
 
 SortKey = Literal["created_at", "-created_at", "due", "-due", "updated_at", "-updated_at"]
 SORT_KEYS: tuple[str, ...] = (

@@ -21,18 +21,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.persistence import Tracking
-from psycopg.sql import SQL, Identifier
 
 from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
-from tododb.leadership import AdvisoryLock
+from tododb.infra.leadership import AdvisoryLock
+from tododb.projections.rebuild_log import RebuildLog
 from tododb.projections.registry import ReadSide
-from tododb.projections.views import APPLICATION_NAME
+from tododb.projections.views import APPLICATION_NAME, TodoRowsView
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called with (position, head) after every batch."""
+
+Page = list[tuple[Any, int]]
+"""Decoded events with their log positions, in log order."""
+
+PARALLEL_FROM = 50_000
+"""Below this many events one process rebuilds faster than starting several."""
+
+PROGRESS_EVERY = 0.5
+"""Seconds between progress rows written to the rebuild log while catching up."""
 
 
 class RebuildInProgress(Exception):
@@ -68,197 +77,238 @@ def rebuild(
     folding the todos whose id falls in its partition; the tail written meanwhile is
     then applied in order before the swap.
     """
-    read_side.ensure()
-    lock = AdvisoryLock(read_side.database_url, f"rebuild:{kind}")
-    if not lock.try_acquire():
-        raise RebuildInProgress(f"a rebuild of {kind} is already running")
-    rebuild_id = rebuild_id or str(uuid.uuid4())
-    generation = read_side.next_generation(kind)
-    _record(read_side, rebuild_id, kind, generation, "running")
-    app = TodoApplication(env={**read_side.env, "POSTGRES_POOL_SIZE": "2"})
-    view = read_side.open_view(kind, generation)
-    started = time.perf_counter()
-    events = 0
-    try:
-        position = view.max_tracking_id(APPLICATION_NAME) or 0
-        head = app.recorder.max_notification_id() or 0
+    return Rebuild(
+        read_side,
+        kind,
+        progress=progress,
+        batch_size=batch_size,
+        rebuild_id=rebuild_id,
+        partitions=partitions,
+    ).run()
+
+
+def request_rebuild(read_side: ReadSide, kind: str) -> str:
+    """Register a rebuild that a background thread will run; returns its id."""
+    rebuild_id = str(uuid.uuid4())
+    RebuildLog(read_side).request(rebuild_id, kind, read_side.next_generation(kind))
+    return rebuild_id
+
+
+def default_partitions(backlog: int) -> int:
+    """One process per core (at most 4) when the backlog is big enough to repay starting them."""
+    return min(os.cpu_count() or 1, 4) if backlog >= PARALLEL_FROM else 1
+
+
+class Rebuild:
+    """One rebuild of one read model; ``run`` reads as its steps, in order."""
+
+    def __init__(
+        self,
+        read_side: ReadSide,
+        kind: str,
+        *,
+        progress: Progress | None = None,
+        batch_size: int = 5000,
+        rebuild_id: str | None = None,
+        partitions: int | None = None,
+    ) -> None:
+        self.read_side = read_side
+        self.kind = kind
+        self.on_progress = progress
+        self.batch_size = batch_size
+        self.partitions = partitions
+        self.id = rebuild_id or str(uuid.uuid4())
+        self.rebuilds = RebuildLog(read_side)
+        self.events = 0
+        self.position = 0
+        self.head = 0
+        self.started = time.perf_counter()
+        self.recorded_at = 0.0
+
+    def run(self) -> RebuildResult:
+        """Rebuild under the kind's lock; RebuildInProgress if another rebuild holds it."""
+        self.read_side.ensure()
+        lock = AdvisoryLock(self.read_side.database_url, f"rebuild:{self.kind}")
+        if not lock.try_acquire():
+            raise RebuildInProgress(f"a rebuild of {self.kind} is already running")
+        try:
+            return self.replay(self.register())
+        finally:
+            lock.release()
+
+    def register(self) -> int:
+        """Claim the next generation and record this rebuild as running in it."""
+        generation = self.read_side.next_generation(self.kind)
+        self.rebuilds.start(self.id, self.kind, generation)
+        return generation
+
+    def replay(self, generation: int) -> RebuildResult:
+        """Fill ``generation`` and swap it in; on failure record why and drop its tables."""
+        app = self.read_side.application(pool_size=2)
+        view = self.read_side.open_view(self.kind, generation)
+        self.started = time.perf_counter()
+        try:
+            self.replay_partitioned(app, view, generation)
+            self.catch_up(app, view)
+            return self.swap(view, generation)
+        except BaseException as e:
+            self.fail(view, e)
+            raise
+        finally:
+            view.datastore.close()
+            app.close()
+
+    def replay_partitioned(self, app: TodoApplication, view: TodoRowsView, generation: int) -> None:
+        """The log up to its current head, split by todo id over processes, if it pays."""
+        self.position = view.max_tracking_id(APPLICATION_NAME) or 0
+        self.head = _head(app)
+        partitions = self.partitions
         if partitions is None:
-            partitions = min(os.cpu_count() or 1, 4) if head - position >= PARALLEL_FROM else 1
-        if partitions > 1 and head > position:
-            events += _replay_partitioned(
-                read_side,
-                kind,
-                generation,
-                position,
-                head,
-                partitions,
-                batch_size,
-                lambda p: progress(p, head) if progress else None,
-            )
-            position = head
-            view.insert_tracking(Tracking(APPLICATION_NAME, position))
-            log.info(
-                "%s: %d partitions replayed to %d in %.1fs",
-                kind,
-                partitions,
-                position,
-                time.perf_counter() - started,
-            )
-        last_update = 0.0
-        # Reading and decoding the next page overlaps with writing this one.
-        for batch in _read_ahead(app, position, batch_size):
-            position = batch[-1][1]
-            view.apply(batch, Tracking(APPLICATION_NAME, position))
-            events += len(batch)
-            head = max(head, position)
-            if progress:
-                progress(position, head)
-            now = time.perf_counter()
-            if now - last_update > 0.5:
-                _update(read_side, rebuild_id, position, head, events, now - started)
-                last_update = now
+            partitions = default_partitions(self.head - self.position)
+        if partitions <= 1 or self.head <= self.position:
+            return
+        jobs = [self.partition_job(generation, k, partitions) for k in range(partitions)]
+        self.events += self.run_partitions(jobs, view)
+        self.position = self.head
+        view.insert_tracking(Tracking(APPLICATION_NAME, self.position))
+        log.info(
+            "%s: %d partitions replayed to %d in %.1fs",
+            self.kind,
+            partitions,
+            self.position,
+            self.elapsed(),
+        )
+
+    def partition_job(self, generation: int, partition: int, partitions: int) -> PartitionJob:
+        return PartitionJob(
+            database_url=self.read_side.database_url,
+            env=self.read_side.env,
+            schema=self.read_side.schema,
+            kind=self.kind,
+            generation=generation,
+            after=self.position,
+            until=self.head,
+            batch_size=self.batch_size,
+            partition=partition,
+            partitions=partitions,
+        )
+
+    def run_partitions(self, jobs: list[PartitionJob], view: TodoRowsView) -> int:
+        """Run ``jobs`` in spawned processes, reporting the slowest one's position meanwhile."""
+        spawn = multiprocessing.get_context("spawn")  # no forking of threads and pools
+        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=spawn) as pool:
+            futures = [pool.submit(_replay_partition, job) for job in jobs]
+            while wait(futures, timeout=0.5).not_done:
+                if self.on_progress:
+                    slowest = min(view.max_tracking_id(j.tracking_name) or j.after for j in jobs)
+                    self.on_progress(slowest, self.head)
+            return sum(f.result() for f in futures)
+
+    def catch_up(self, app: TodoApplication, view: TodoRowsView) -> None:
+        """The rest of the log in order, to its head, reading the next page while applying one."""
+        for page in _read_ahead(app, self.position, self.batch_size):
+            self.position = page[-1][1]
+            view.apply(page, Tracking(APPLICATION_NAME, self.position))
+            self.events += len(page)
+            self.head = max(self.head, self.position)
+            if self.on_progress:
+                self.on_progress(self.position, self.head)
+            self.record_progress()
+
+    def record_progress(self) -> None:
+        """Into the rebuild's row, which the admin API reads, at most every PROGRESS_EVERY s."""
+        now = time.perf_counter()
+        if now - self.recorded_at > PROGRESS_EVERY:
+            self.recorded_at = now
+            self.rebuilds.progress(self.id, self.position, self.head, self.events, self.elapsed())
+
+    def swap(self, view: TodoRowsView, generation: int) -> RebuildResult:
+        """Index the new tables, make them live; keep only the one replaced (still being read)."""
         indexing = time.perf_counter()
         view.create_indexes()
         log.info(
             "%s: caught up at %d; indexes built in %.1fs",
-            kind,
-            position,
+            self.kind,
+            self.position,
             time.perf_counter() - indexing,
         )
-        read_side.activate(kind, generation)
-        read_side.drop_generations_before(kind, generation - 1)
-        seconds = time.perf_counter() - started
-        _update(read_side, rebuild_id, position, head, events, seconds, status="completed")
-        return RebuildResult(rebuild_id, kind, generation, events, seconds, position)
-    except BaseException as e:
-        _update(
-            read_side,
-            rebuild_id,
-            0,
-            0,
-            events,
-            time.perf_counter() - started,
-            status="failed",
-            error=repr(e),
-        )
+        self.read_side.activate(self.kind, generation)
+        self.read_side.drop_generations_before(self.kind, generation - 1)
+        seconds = self.elapsed()
+        self.rebuilds.finish(self.id, self.position, self.head, self.events, seconds)
+        return RebuildResult(self.id, self.kind, generation, self.events, seconds, self.position)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def fail(self, view: TodoRowsView, error: BaseException) -> None:
+        self.rebuilds.fail(self.id, self.events, self.elapsed(), repr(error))
         view.drop()
-        raise
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    """One process's share of a partitioned replay: plain data, so it pickles to a spawn."""
+
+    database_url: str
+    env: dict[str, str]
+    schema: str
+    kind: str
+    generation: int
+    after: int
+    until: int
+    batch_size: int
+    partition: int
+    partitions: int
+
+    @property
+    def tracking_name(self) -> str:
+        """Each partition tracks its own position, so a rerun resumes it."""
+        return f"{APPLICATION_NAME}#{self.partition}"
+
+
+def _replay_partition(job: PartitionJob) -> int:
+    """Runs in a spawned process: ``job``'s todos in (after, until]; how many events."""
+    read_side = ReadSide(job.database_url, job.env, job.schema)
+    app = read_side.application(pool_size=1)
+    view = read_side.open_view(job.kind, job.generation)
+    try:
+        return _apply_partition(job, app, view)
     finally:
         view.datastore.close()
         app.close()
-        lock.release()
 
 
-PARALLEL_FROM = 50_000
-"""Below this many events one process rebuilds faster than starting several."""
-
-
-def _replay_partition(
-    database_url: str,
-    env: dict[str, str],
-    schema: str,
-    kind: str,
-    generation: int,
-    after: int,
-    until: int,
-    batch_size: int,
-    partition: int,
-    partitions: int,
-) -> int:
-    """One process's share of a partitioned replay; resumable by its own tracking row."""
-    read_side = ReadSide(database_url, env, schema)
-    app = TodoApplication(env={**env, "POSTGRES_POOL_SIZE": "1"})
-    view = read_side.open_view(kind, generation)
-    name = f"{APPLICATION_NAME}#{partition}"
-    position = max(view.max_tracking_id(name) or 0, after)
+def _apply_partition(job: PartitionJob, app: TodoApplication, view: TodoRowsView) -> int:
     recorder = app.recorder
     assert isinstance(recorder, AppendOnlyApplicationRecorder)
+    position = max(view.max_tracking_id(job.tracking_name) or 0, job.after)
     count = 0
-    try:
-        while position < until:
-            notifications = recorder.select_partition(
-                position, until, partitions, partition, batch_size
-            )
-            if not notifications:
-                break
-            position = notifications[-1].id
-            view.apply(
-                [(app.mapper.to_domain_event(n), n.id) for n in notifications],
-                Tracking(name, position),
-            )
-            count += len(notifications)
-        return count
-    finally:
-        view.datastore.close()
-        app.close()
+    while position < job.until:
+        notifications = recorder.select_partition(
+            position, job.until, job.partitions, job.partition, job.batch_size
+        )
+        if not notifications:
+            break
+        position = notifications[-1].id
+        view.apply(
+            [(app.mapper.to_domain_event(n), n.id) for n in notifications],
+            Tracking(job.tracking_name, position),
+        )
+        count += len(notifications)
+    return count
 
 
-def _replay_partitioned(
-    read_side: ReadSide,
-    kind: str,
-    generation: int,
-    after: int,
-    until: int,
-    partitions: int,
-    batch_size: int,
-    progress: Callable[[int], None],
-) -> int:
-    spawn = multiprocessing.get_context("spawn")  # no forking of threads and pools
-    with ProcessPoolExecutor(max_workers=partitions, mp_context=spawn) as pool:
-        futures = [
-            pool.submit(
-                _replay_partition,
-                read_side.database_url,
-                read_side.env,
-                read_side.schema,
-                kind,
-                generation,
-                after,
-                until,
-                batch_size,
-                k,
-                partitions,
-            )
-            for k in range(partitions)
-        ]
-        view = read_side.open_view(kind, generation)
-        try:
-            while wait(futures, timeout=0.5).not_done:
-                progress(
-                    min(
-                        view.max_tracking_id(f"{APPLICATION_NAME}#{k}") or after
-                        for k in range(partitions)
-                    )
-                )
-        finally:
-            view.datastore.close()
-        return sum(f.result() for f in futures)
-
-
-def _read_ahead(
-    app: TodoApplication, position: int, batch_size: int
-) -> Iterator[list[tuple[Any, int]]]:
+def _read_ahead(app: TodoApplication, position: int, batch_size: int) -> Iterator[Page]:
     """Decoded pages of the log after ``position`` until the head, read by a thread."""
-    pages: queue.Queue[list[tuple[Any, int]] | BaseException | None] = queue.Queue(maxsize=3)
+    pages: queue.Queue[Page | BaseException | None] = queue.Queue(maxsize=3)
     stop = threading.Event()
-
-    def read() -> None:
-        start = position
-        try:
-            while not stop.is_set():
-                notifications = app.recorder.select_notifications(start=start + 1, limit=batch_size)
-                if notifications:
-                    start = notifications[-1].id
-                    pages.put([(app.mapper.to_domain_event(n), n.id) for n in notifications])
-                if len(notifications) < batch_size and start >= (
-                    app.recorder.max_notification_id() or 0
-                ):
-                    break
-            pages.put(None)
-        except BaseException as e:
-            pages.put(e)
-
-    reader = threading.Thread(target=read, name="rebuild-reader", daemon=True)
+    reader = threading.Thread(
+        target=_read_pages,
+        args=(app, position, batch_size, pages, stop),
+        name="rebuild-reader",
+        daemon=True,
+    )
     reader.start()
     try:
         while (page := pages.get()) is not None:
@@ -273,52 +323,26 @@ def _read_ahead(
         reader.join()
 
 
-def _record(read_side: ReadSide, rebuild_id: str, kind: str, generation: int, status: str) -> None:
-    with read_side.connect() as conn:
-        conn.execute(
-            SQL(
-                "INSERT INTO {}.rebuilds (id, name, generation, status) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET generation = EXCLUDED.generation, "
-                "status = EXCLUDED.status"
-            ).format(Identifier(read_side.schema)),
-            (rebuild_id, kind, generation, status),
-        )
+def _head(app: TodoApplication) -> int:
+    return app.recorder.max_notification_id() or 0
 
 
-def _update(
-    read_side: ReadSide,
-    rebuild_id: str,
-    position: int,
-    head: int,
-    events: int,
-    seconds: float,
-    *,
-    status: str | None = None,
-    error: str | None = None,
+def _read_pages(
+    app: TodoApplication,
+    start: int,
+    batch_size: int,
+    pages: queue.Queue[Page | BaseException | None],
+    stop: threading.Event,
 ) -> None:
-    with read_side.connect() as conn:
-        conn.execute(
-            SQL(
-                "UPDATE {}.rebuilds SET position = greatest(position, %s), "
-                "head = greatest(head, %s), events_per_second = %s, "
-                "status = coalesce(%s, status), error = coalesce(%s, error), "
-                "finished_at = CASE WHEN %s::text IS NULL THEN NULL ELSE now() END "
-                "WHERE id = %s"
-            ).format(Identifier(read_side.schema)),
-            (
-                position,
-                head,
-                events / seconds if seconds else None,
-                status,
-                error,
-                status,
-                rebuild_id,
-            ),
-        )
-
-
-def request_rebuild(read_side: ReadSide, kind: str) -> str:
-    """Register a rebuild that a background thread will run; returns its id."""
-    rebuild_id = str(uuid.uuid4())
-    _record(read_side, rebuild_id, kind, read_side.next_generation(kind), "pending")
-    return rebuild_id
+    """The reader thread: pages until the head, then None; or the error that stopped it."""
+    try:
+        while not stop.is_set():
+            notifications = app.recorder.select_notifications(start=start + 1, limit=batch_size)
+            if notifications:
+                start = notifications[-1].id
+                pages.put([(app.mapper.to_domain_event(n), n.id) for n in notifications])
+            if len(notifications) < batch_size and start >= _head(app):
+                break
+        pages.put(None)
+    except BaseException as e:
+        pages.put(e)

@@ -13,8 +13,15 @@ from eventsourcing.utils import Environment
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier, Literal
 
+from tododb.application import TodoApplication
 from tododb.projections.projection import generation_name
-from tododb.projections.views import APPLICATION_NAME, VIEW_CLASSES, TodoRowsView
+from tododb.projections.rebuild_log import RebuildLog
+from tododb.projections.views import (
+    APPLICATION_NAME,
+    NOTIFY_CHANNEL,
+    VIEW_CLASSES,
+    TodoRowsView,
+)
 
 KINDS = tuple(VIEW_CLASSES)
 
@@ -41,6 +48,13 @@ class ReadSide:
         env["POSTGRES_POOL_SIZE"] = "2"
         return env
 
+    def application(self, pool_size: int = 2) -> TodoApplication:
+        """The application whose log the projections follow, with a small pool of its own."""
+        size = str(pool_size)
+        return TodoApplication(
+            env={**self.env, "POSTGRES_POOL_SIZE": size, "POSTGRES_MAX_OVERFLOW": size}
+        )
+
     def open_view(self, kind: str, generation: int) -> TodoRowsView:
         """Construct (and create the tables of) one generation of a view."""
         factory = InfrastructureFactory.construct(env=self.view_env(kind, generation))
@@ -66,15 +80,7 @@ class ReadSide:
                     "generation integer NOT NULL, activated_at timestamptz NOT NULL DEFAULT now())"
                 ).format(Identifier(self.schema))
             )
-            conn.execute(
-                SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.rebuilds (id uuid PRIMARY KEY, "
-                    "name text NOT NULL, generation integer NOT NULL, status text NOT NULL, "
-                    "position bigint NOT NULL DEFAULT 0, head bigint NOT NULL DEFAULT 0, "
-                    "events_per_second double precision, started_at timestamptz NOT NULL "
-                    "DEFAULT now(), finished_at timestamptz, error text)"
-                ).format(Identifier(self.schema))
-            )
+            RebuildLog(self).create_table(conn)
             missing = [k for k in KINDS if self._generation(conn, k) is None]
         for kind in missing:
             view = self.open_view(kind, 1)
@@ -99,16 +105,10 @@ class ReadSide:
         return generation
 
     def next_generation(self, kind: str) -> int:
+        """Past both the live generation and any a rebuild claimed (whose tables may remain)."""
         with self.connect() as conn:
-            row = conn.execute(
-                SQL(
-                    "SELECT greatest(coalesce(max(generation), 0), "
-                    "(SELECT coalesce(max(generation), 0) FROM {0}.rebuilds WHERE name = %s)) "
-                    "AS g FROM {0}.projections WHERE name = %s"
-                ).format(Identifier(self.schema)),
-                (kind, kind),
-            ).fetchone()
-        return int(row["g"] if row else 0) + 1
+            live = self._generation(conn, kind) or 0
+            return max(live, RebuildLog(self).max_generation(conn, kind)) + 1
 
     def activate(self, kind: str, generation: int) -> None:
         """Point the stable SQL views at ``generation``, atomically with the registry."""
@@ -140,7 +140,7 @@ class ReadSide:
                 ).format(schema),
                 (kind, generation),
             )
-            conn.execute(SQL("SELECT pg_notify('tododb_views', %s)"), (kind,))
+            conn.execute(SQL("SELECT pg_notify({}, %s)").format(Literal(NOTIFY_CHANNEL)), (kind,))
 
     def drop_generations_before(self, kind: str, generation: int) -> list[int]:
         """Drop the tables of generations older than ``generation``."""

@@ -13,7 +13,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.domain import Snapshot
+from eventsourcing.utils import get_topic
+
 from tododb.domain import Priority, Status, Todo
+
+TODO_TOPIC = get_topic(Todo)
 
 
 @dataclass
@@ -77,23 +82,28 @@ class TodoRow:
         return tuple(getattr(self, name) for name in self.COLUMNS)
 
     def to_aggregate(self) -> Todo:
-        todo: Todo = object.__new__(Todo)
-        todo.__dict__.update(
-            _id=self.id,
-            _version=self.version,
-            _created_on=self.created_at,
-            _modified_on=self.updated_at,
-            _pending_events=[],
-            owner=self.owner,
-            title=self.title,
-            description=self.description,
-            due=self.due,
-            priority=Priority(self.priority),
-            tags=list(self.tags),
-            status=Status(self.status),
-            completed_at=self.completed_at,
-            deleted=self.deleted,
+        """The aggregate as of this row, through the library's own snapshot seam."""
+        snapshot = Snapshot(
+            originator_id=self.id,
+            originator_version=self.version,
+            timestamp=self.updated_at,
+            topic=TODO_TOPIC,
+            state=dict(
+                _created_on=self.created_at,
+                _modified_on=self.updated_at,
+                owner=self.owner,
+                title=self.title,
+                description=self.description,
+                due=self.due,
+                priority=Priority(self.priority),
+                tags=list(self.tags),
+                status=Status(self.status),
+                completed_at=self.completed_at,
+                deleted=self.deleted,
+            ),
         )
+        todo = snapshot.mutate(None)
+        assert isinstance(todo, Todo)
         return todo
 
 

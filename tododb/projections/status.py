@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import psycopg
 from psycopg.sql import SQL, Identifier
 
-from tododb.leadership import lock_holders
+from tododb.infra.leadership import lock_holders
+from tododb.projections.rebuild_log import RebuildLog, RebuildRow
 from tododb.projections.registry import KINDS, ReadSide, read_position
 
 
@@ -27,41 +29,45 @@ class ProjectionStatus:
 
 
 def projection_status(read_side: ReadSide, head: int) -> list[ProjectionStatus]:
-    schema = Identifier(read_side.schema)
-    result = []
+    rebuilds = RebuildLog(read_side)
     with read_side.connect() as conn:
-        for kind in KINDS:
-            generation = conn.execute(
-                SQL("SELECT generation FROM {}.projections WHERE name = %s").format(schema), (kind,)
-            ).fetchone()
-            rebuild = conn.execute(
-                SQL(
-                    "SELECT id::text, generation, status, position, head, events_per_second, "
-                    "started_at, finished_at, error FROM {}.rebuilds WHERE name = %s "
-                    "ORDER BY started_at DESC LIMIT 1"
-                ).format(schema),
-                (kind,),
-            ).fetchone()
-            position = read_position(conn, read_side.schema, kind)
-            if (
-                rebuild
-                and rebuild["status"] in ("pending", "running")
-                and lock_holders(conn, f"rebuild:{kind}")
-            ):
-                state = "rebuilding"
-            elif lock_holders(conn, f"projection:{kind}"):
-                state = "running"
-            else:
-                state = "stopped"
-            result.append(
-                ProjectionStatus(
-                    name=kind,
-                    generation=int(generation["generation"]) if generation else 0,
-                    position=position,
-                    head=head,
-                    lag=max(head - position, 0),
-                    state=state,
-                    last_rebuild=dict(rebuild) if rebuild else None,
-                )
-            )
-    return result
+        return [_status(conn, read_side, rebuilds, kind, head) for kind in KINDS]
+
+
+def _status(
+    conn: psycopg.Connection[dict[str, Any]],
+    read_side: ReadSide,
+    rebuilds: RebuildLog,
+    kind: str,
+    head: int,
+) -> ProjectionStatus:
+    generation = conn.execute(
+        SQL("SELECT generation FROM {}.projections WHERE name = %s").format(
+            Identifier(read_side.schema)
+        ),
+        (kind,),
+    ).fetchone()
+    last_rebuild = rebuilds.latest(conn, kind)
+    position = read_position(conn, read_side.schema, kind)
+    return ProjectionStatus(
+        name=kind,
+        generation=int(generation["generation"]) if generation else 0,
+        position=position,
+        head=head,
+        lag=max(head - position, 0),
+        state=_state(conn, kind, last_rebuild),
+        last_rebuild=last_rebuild,
+    )
+
+
+def _state(conn: psycopg.Connection[Any], kind: str, last_rebuild: RebuildRow | None) -> str:
+    """Rebuilding needs both an unfinished row and a live lock: a crashed rebuild holds none."""
+    if (
+        last_rebuild
+        and last_rebuild["status"] in ("pending", "running")
+        and lock_holders(conn, f"rebuild:{kind}")
+    ):
+        return "rebuilding"
+    if lock_holders(conn, f"projection:{kind}"):
+        return "running"
+    return "stopped"

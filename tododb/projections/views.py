@@ -19,12 +19,14 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
+from tododb.application import TodoApplication
 from tododb.projections.rows import TodoRow, fold_events
 
 NOTIFY_CHANNEL = "tododb_views"
 COPY_FROM_ROWS = 64
 SET_ASYNC_COMMIT = b"SET LOCAL synchronous_commit TO OFF"
-APPLICATION_NAME = "todos"
+APPLICATION_NAME = TodoApplication.name
+"""The application whose log the views follow (tracking rows name it)."""
 
 _ROW_DDL = (
     "id uuid PRIMARY KEY, owner text NOT NULL, title text NOT NULL, "

@@ -21,11 +21,9 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 
 from tododb.application import TodoApplication
-from tododb.bootstrap import build_application
 from tododb.eventstore import AppendOnlyApplicationRecorder
-from tododb.messaging import CachingPartitioner
+from tododb.infra.kafka import CachingPartitioner
 from tododb.relay.envelope import OutgoingMessage, to_message
-from tododb.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +131,7 @@ class Envelopes:
 _DECODER: Envelopes | None = None
 
 
-def start_decoder(settings: Settings, database_url: str, parent: int) -> None:
+def start_decoder(app_env: dict[str, str], parent: int) -> None:
     """Initializer of a decoder process: its own application (small pool) and cache.
 
     A relay killed with SIGKILL cannot stop its pool, so each decoder watches its parent
@@ -141,8 +139,8 @@ def start_decoder(settings: Settings, database_url: str, parent: int) -> None:
     """
     global _DECODER
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    small = settings.model_copy(update={"db_pool_size": 2, "db_pool_max_overflow": 2})
-    _DECODER = Envelopes(build_application(small, database_url))
+    small = {**app_env, "POSTGRES_POOL_SIZE": "2", "POSTGRES_MAX_OVERFLOW": "2"}
+    _DECODER = Envelopes(TodoApplication(env=small))
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -1,28 +1,25 @@
-"""Domain event → CloudEvents 1.0 structured JSON Kafka message, and back.
+"""Domain event → the published contract's CloudEvent (``tododb.contract``), as a message.
 
-The envelope is the contract with every downstream system: ``id`` is the stable event
-id (a re-send keeps it, so consumers can dedupe), ``subject`` and the Kafka key are the
-todo id (so one todo's events stay in one partition, in order), ``sequence`` is the
-global log position and ``owner`` saves consumers from keeping state to know it.
+``id`` is the stable event id (a re-send keeps it, so consumers can dedupe), ``subject``
+and the Kafka key are the todo id (so one todo's events stay in one partition, in
+order), ``sequence`` is the global log position and ``owner`` saves consumers from
+keeping state to know it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import hashlib
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
 from cloudevents.core.base import BaseCloudEvent
-from cloudevents.core.bindings.kafka import KafkaMessage, from_structured, to_structured
+from cloudevents.core.bindings.kafka import to_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from tododb.domain import event_id_text, event_payload, public_type
-
-SOURCE = "/todos"
-CONTENT_TYPE = JSONFormat.CONTENT_TYPE  # application/cloudevents+json
+from tododb import contract
+from tododb.domain import event_payload, public_type
 
 Headers = list[tuple[str, bytes]]
 
@@ -60,22 +57,33 @@ class OutgoingMessage(NamedTuple):
     position: int
 
 
-@dataclass(frozen=True)
-class TodoEvent:
-    """What a consumer gets out of a message: the envelope attributes it relies on."""
-
-    id: str
-    type: str
-    todo_id: str
-    owner: str
-    time: datetime
-    sequence: int
-    version: int
-    data: dict[str, Any]
+class UnpublishedEvent(LookupError):
+    """A domain event type the contract does not name: it is not published."""
 
 
-class BadEnvelope(ValueError):
-    """A message that is not a well-formed todo CloudEvent (a poison message)."""
+def contract_type(domain_event: Any) -> str:
+    """The contract's type for a domain event (the domain's public name, checked)."""
+    name = public_type(domain_event)
+    if name not in _CONTRACT_TYPES:
+        raise UnpublishedEvent(f"{name} is not in contract {contract.CONTRACT_VERSION}")
+    return name
+
+
+_CONTRACT_TYPES = frozenset(contract.EVENT_TYPES)
+
+
+def event_id_text(aggregate_id: UUID, version: int) -> str:
+    """``str(domain.event_id(aggregate_id, version))``, three times cheaper.
+
+    The same RFC 4122 name-based (SHA-1) UUID, formatted without building UUID objects:
+    the relay needs one per event, and ``uuid5`` was a sixth of its decoding time.
+    """
+    name = aggregate_id.bytes + str(version).encode()
+    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])  # as uuid5
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
@@ -84,15 +92,15 @@ def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
     return CloudEvent(
         {
             "id": event_id_text(todo_id, version),
-            "source": SOURCE,
-            "type": public_type(domain_event),
+            "source": contract.SOURCE,
+            "type": contract_type(domain_event),
             "subject": str(todo_id),
             "time": domain_event.timestamp,
             "datacontenttype": "application/json",
             # The Sequence extension defines ``sequence`` as a String.
-            "sequence": str(position),
-            "aggregateversion": version,
-            "owner": owner,
+            contract.SEQUENCE: str(position),
+            contract.AGGREGATE_VERSION: version,
+            contract.OWNER: owner,
         },
         event_payload(domain_event),
     )
@@ -111,41 +119,3 @@ def to_message(domain_event: Any, position: int, owner: str) -> OutgoingMessage:
         event_id=event.get_id(),
         position=position,
     )
-
-
-def parse_message(value: bytes | None, key: bytes | None = None, headers: Any = ()) -> TodoEvent:
-    """Decode and check a structured CloudEvent; ``BadEnvelope`` if anything is off."""
-    if not value:
-        raise BadEnvelope("empty message value")
-    try:
-        event = from_structured(
-            KafkaMessage(headers=dict(headers or ()), key=key, value=value), _FORMAT
-        )
-        attributes = event.get_attributes()
-        data = event.get_data()
-        if not isinstance(data, dict):
-            raise BadEnvelope("data is not a JSON object")
-        time = event.get_time()
-        if time is None:
-            raise BadEnvelope("no time attribute")
-        return TodoEvent(
-            id=event.get_id(),
-            type=event.get_type(),
-            todo_id=str(UUID(str(event.get_subject()))),
-            owner=_required_str(attributes, "owner"),
-            time=time,
-            sequence=int(attributes["sequence"]),
-            version=int(attributes["aggregateversion"]),
-            data=data,
-        )
-    except BadEnvelope:
-        raise
-    except Exception as e:  # the SDK raises several types for bad input
-        raise BadEnvelope(f"not a todo CloudEvent: {type(e).__name__}: {e}") from e
-
-
-def _required_str(attributes: dict[str, Any], name: str) -> str:
-    value = attributes.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadEnvelope(f"missing extension attribute {name!r}")
-    return value

@@ -21,43 +21,29 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from eventsourcing.persistence import IntegrityError, Tracking
-from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
-from eventsourcing.utils import Environment
+from eventsourcing.postgres import PostgresTrackingRecorder
 
-from tododb.aio import wait_or_stop
 from tododb.application import TodoApplication
-from tododb.bootstrap import application_env, build_application
-from tododb.broker import create_topic
 from tododb.eventstore import AppendOnlyApplicationRecorder
-from tododb.leadership import AdvisoryLock
-from tododb.messaging import backoff_delay, bootstrap_servers, make_producer
+from tododb.infra.kafka import bootstrap_servers, create_topic, make_producer
+from tododb.infra.leadership import AdvisoryLock
+from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
+from tododb.infra.settings import Settings
 from tododb.relay.decoding import Envelopes, Partitioned, decode_range, start_decoder
 from tododb.relay.head import CommitSignal
-from tododb.settings import Settings
+from tododb.relay.status import LOCK_NAME
 
 log = logging.getLogger(__name__)
 
-APPLICATION_NAME = "todos"
+APPLICATION_NAME = TodoApplication.name
 """The upstream application whose log is followed (its events table is ``todos_events``)."""
 TRACKING_ENV_NAME = "relay"
 """Environment name of the tracking recorder: its table is ``relay_tracking``."""
-LOCK_NAME = "relay"
 LOCK_CHECK_SECONDS = 2.0
 
 
 class LostLeadership(Exception):
     """Another relay became active (our lock connection died): stop publishing."""
-
-
-class Stopped(Exception):
-    """Asked to stop while waiting."""
-
-
-def tracking_recorder(settings: Settings, database_url: str) -> PostgresTrackingRecorder:
-    env = Environment(TRACKING_ENV_NAME, application_env(settings, database_url))
-    env["POSTGRES_POOL_SIZE"] = "2"
-    env["POSTGRES_MAX_OVERFLOW"] = "2"
-    return PostgresFactory(env).tracking_recorder()
 
 
 @dataclass(frozen=True)
@@ -68,17 +54,23 @@ class RelayStatus:
 
 
 class Relay:
+    """Handed its application (the log), its tracking recorder (``relay_tracking``) and
+    the database URL its advisory lock connects to; it builds none of them."""
+
     def __init__(
         self,
         settings: Settings,
+        app: TodoApplication,
+        tracking: PostgresTrackingRecorder,
         database_url: str,
-        app: TodoApplication | None = None,
+        *,
+        owns_app: bool = False,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
-        self._own_app = app is None
-        self.app = app or build_application(settings, database_url)
-        self.tracking = tracking_recorder(settings, database_url)
+        self._own_app = owns_app
+        self.app = app
+        self.tracking = tracking
         self.decoder = Envelopes(self.app)
         self.recorder: AppendOnlyApplicationRecorder = self.decoder.recorder
         self.topic = settings.kafka_topic
@@ -154,46 +146,46 @@ class Relay:
 
         Re-sent messages keep their CloudEvent ids, so consumers dedupe them.
         """
-        attempt = 0
-        while True:
+        attempts = 0
+
+        async def attempt() -> int:
+            nonlocal attempts
+            attempts += 1
             try:
-                if attempt:
+                if attempts > 1:
                     await self.ensure_topic()  # a restarted broker may have lost it
                 timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
-                sent = await asyncio.wait_for(self.send(producer, messages, partitions), timeout)
-                self.published += sent
-                if attempt:
-                    log.info("broker is back; re-sent %d messages", sent)
-                return sent
-            except Exception as e:
-                attempt += 1
+                return await asyncio.wait_for(self.send(producer, messages, partitions), timeout)
+            except Exception:
                 self.failures += 1
-                delay = backoff_delay(attempt, 0.2, self.settings.relay_backoff_max_seconds)
-                log.warning(
-                    "publishing %d messages failed (attempt %d): %r; retrying in %.1fs",
-                    sum(map(len, messages.values())),
-                    attempt,
-                    e,
-                    delay,
-                )
-                await _wait(stop, delay)
+                raise
+
+        what = f"publishing {sum(map(len, messages.values()))} messages"
+        sent = await retry_async(attempt, stop=stop, backoff=self._backoff(0.2), what=what)
+        self.published += sent
+        if attempts > 1:
+            log.info("broker is back; re-sent %d messages", sent)
+        return sent
 
     async def start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer:
-        attempt = 0
-        while True:
+        async def start() -> AIOKafkaProducer:
             # No linger: the relay hands over whole batches, there is nothing to wait for.
             producer = make_producer(self.settings, linger_ms=0)
             try:
                 await producer.start()
                 await self.ensure_topic()
-                return producer
-            except Exception as e:
+            except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.stop()
-                attempt += 1
-                delay = backoff_delay(attempt, 0.2, self.settings.relay_backoff_max_seconds)
-                log.warning("broker unreachable: %r; retrying in %.1fs", e, delay)
-                await _wait(stop, delay)
+                raise
+            return producer
+
+        return await retry_async(
+            start, stop=stop, backoff=self._backoff(0.2), what="starting the producer"
+        )
+
+    def _backoff(self, base: float) -> Backoff:
+        return Backoff(base, self.settings.relay_backoff_max_seconds)
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -229,9 +221,10 @@ class Relay:
                     raise
                 except Exception as e:  # database trouble: resume from the recorded position
                     attempt += 1
-                    delay = backoff_delay(attempt, 0.5, self.settings.relay_backoff_max_seconds)
+                    delay = self._backoff(0.5).delay(attempt)
                     log.warning("relay loop failed: %r; resuming in %.1fs", e, delay)
-                    await _wait(stop, delay)
+                    if await sleep_or_stop(stop, delay):
+                        raise Stopped("relay") from e
         finally:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -312,7 +305,7 @@ class Relay:
             processes,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
             initializer=start_decoder,
-            initargs=(self.settings, self.database_url, os.getpid()),
+            initargs=(dict(self.app.env), os.getpid()),
         )
 
     def _record(self, position: int) -> None:
@@ -352,13 +345,6 @@ class Relay:
         finally:
             await producer.stop()
         return sent
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep, unless ``stop`` is set first (then raise ``Stopped``)."""
-    await wait_or_stop(stop, seconds)
-    if stop.is_set():
-        raise Stopped
 
 
 async def _bridge(stop: asyncio.Event, halt: threading.Event) -> None:

@@ -8,18 +8,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
-from tododb.leadership import lock_key
-from tododb.settings import Settings
+from tododb.application import TodoApplication
+from tododb.infra.leadership import lock_holders
+from tododb.infra.postgres import ConnectionFactory
 
-APPLICATION_NAME = "todos"
+APPLICATION_NAME = TodoApplication.name
 TRACKING_TABLE = "relay_tracking"
-EVENTS_TABLE = "todos_events"
-
-
-def _lock_ids(name: str) -> tuple[int, int]:
-    """pg_locks shows a bigint advisory key as two unsigned 32-bit halves."""
-    unsigned = lock_key(f"tododb:{name}") & 0xFFFF_FFFF_FFFF_FFFF
-    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+EVENTS_TABLE = f"{APPLICATION_NAME}_events"
+LOCK_NAME = "relay"
 
 
 def read_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
@@ -47,17 +43,23 @@ def read_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
                 )
             ).fetchone()
             head = int((found or {}).get("n") or 0)
-        classid, objid = _lock_ids("relay")
-        found = cur.execute(
-            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
-            (classid, objid),
-        ).fetchone()
-        active = int((found or {}).get("n") or 0) > 0
+    active = lock_holders(conn, LOCK_NAME) > 0
     return {"position": position, "head": head, "lag": max(0, head - position), "active": active}
 
 
-def relay_status(settings: Settings, database_url: str) -> dict[str, Any]:
-    with psycopg.connect(database_url, connect_timeout=settings.db_connect_timeout) as conn:
-        return read_status(conn, settings.db_schema)
+class RelayStatusReader:
+    """``read_status`` on a lent connection: what the admin API is handed."""
+
+    def __init__(self, connect: ConnectionFactory, schema: str) -> None:
+        self.connect = connect
+        self.schema = schema
+
+    def __call__(self) -> dict[str, Any]:
+        with self.connect() as conn:
+            return read_status(conn, self.schema)
+
+
+def relay_status(database_url: str, schema: str, *, connect_timeout: int = 5) -> dict[str, Any]:
+    """``read_status`` on a connection of its own (the CLI)."""
+    with psycopg.connect(database_url, connect_timeout=connect_timeout) as conn:
+        return read_status(conn, schema)

@@ -26,8 +26,9 @@ console = Console()
 
 
 def _read_side() -> ReadSide:
-    from tododb.bootstrap import build_read_side, resolve_database_url
-    from tododb.settings import get_settings
+    from tododb.entrypoints.bootstrap import build_read_side
+    from tododb.entrypoints.database_url import resolve_database_url
+    from tododb.infra.settings import get_settings
 
     settings = get_settings()
     return build_read_side(settings, resolve_database_url(settings, embedded_ok=False))
@@ -40,8 +41,9 @@ def run(
     ] = None,
 ) -> None:
     """Run the projections (a long-running worker; extra workers stand by)."""
-    from tododb.cli import configure_logging
-    from tododb.projections.worker import run_children, run_projection
+    from tododb.entrypoints.log_setup import configure_logging
+    from tododb.entrypoints.supervisor import run_restarting, todo_command
+    from tododb.projections.worker import run_projection
 
     configure_logging()
     stop = threading.Event()
@@ -55,7 +57,8 @@ def run(
     read_side.ensure()
     if only is None:
         # One process per projection: each gets a core (and a GIL) of its own.
-        run_children(KINDS, stop)
+        commands = {k: todo_command("projections", "run", "--only", k) for k in KINDS}
+        run_restarting(commands, stop)
     elif only in KINDS:
         run_projection(read_side, only, stop)
     else:
@@ -108,12 +111,11 @@ def rebuild_command(
 @app.command("status")
 def status() -> None:
     """Each projection's position, the head of the log, lag and state."""
-    from tododb.application import TodoApplication
     from tododb.projections.status import projection_status
 
     read_side = _read_side()
     read_side.ensure()
-    todo_app = TodoApplication(env={**read_side.env, "POSTGRES_POOL_SIZE": "1"})
+    todo_app = read_side.application(pool_size=1)
     try:
         head = todo_app.head_position()
     finally:

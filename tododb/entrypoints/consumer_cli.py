@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from tododb.settings import get_settings
+from tododb.entrypoints.database_url import resolve_database_url
+from tododb.entrypoints.log_setup import configure_logging
+from tododb.infra.settings import get_settings
 
 app = typer.Typer(help="Kafka consumers: notifications, analytics.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
@@ -16,17 +18,14 @@ app.add_typer(dlq_app, name="dlq")
 
 
 def _database_url() -> str:
-    from tododb.bootstrap import resolve_database_url
-
     return resolve_database_url(get_settings(), embedded_ok=False)
 
 
 @app.command()
 def notifications() -> None:
     """Turn events into notifications and deliver them to webhooks."""
-    from tododb.aio import run_until_signal
-    from tododb.cli import configure_logging
     from tododb.consumers.runner import NotificationsService
+    from tododb.infra.aio import run_until_signal
 
     configure_logging()
     run_until_signal(NotificationsService(get_settings(), _database_url()).run)
@@ -35,9 +34,8 @@ def notifications() -> None:
 @app.command()
 def analytics() -> None:
     """Aggregate per-user, per-day figures."""
-    from tododb.aio import run_until_signal
-    from tododb.cli import configure_logging
     from tododb.consumers.runner import AnalyticsService
+    from tododb.infra.aio import run_until_signal
 
     configure_logging()
     run_until_signal(AnalyticsService(get_settings(), _database_url()).run)
@@ -48,7 +46,6 @@ def redrive(
     group: Annotated[str, typer.Argument(help="Consumer group, e.g. notifications.")],
 ) -> None:
     """Re-publish GROUP's dead letters to the topic they came from."""
-    from tododb.cli import configure_logging
     from tododb.consumers.core import dlq_topic
     from tododb.consumers.core import redrive as redrive_
 

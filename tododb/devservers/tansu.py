@@ -27,7 +27,7 @@ Findings about this build (Tansu 0.6.0-510f3e2) that code talking to it must res
   and an existing bucket (checked with ``moto_server`` from PyPI's ``moto[server]``,
   not a dependency of this project); ``send_and_wait`` then takes ~5 ms, not ~0.3 ms.
 * **Topics.** ``CreateTopics`` via ``AIOKafkaAdminClient`` works (see
-  :func:`create_topic`); producing to an unknown topic auto-creates it with a
+  ``tododb.infra.kafka.create_topic``); producing to an unknown topic auto-creates it with a
   broker-chosen partition count, so create topics explicitly first.
 * **Consumer groups** work (join, sync, heartbeat, manual ``commit()``,
   rebalancing), but the first join of a group takes about half of the consumer's
@@ -60,22 +60,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
+from tododb.infra.kafka import create_topic
+
 __all__ = [
     "DEFAULT_STORAGE_ENGINE",
     "BrokerHandle",
     "BrokerStartError",
     "ExternalBroker",
     "TansuBroker",
-    "create_topic",
     "resolve_tansu_binary",
     "wait_until_ready",
 ]
 
 #: Tansu's in-memory storage: fast, and gone when the process exits.
 DEFAULT_STORAGE_ENGINE = "memory://tansu/"
-
-#: Kafka error code for "topic already exists".
-_TOPIC_ALREADY_EXISTS = 36
 
 _T = TypeVar("_T")
 
@@ -198,53 +196,6 @@ async def wait_until_ready(
             except Exception as exc:
                 last_error = exc
         await asyncio.sleep(0.05)
-
-
-async def create_topic(
-    bootstrap_servers: str,
-    topic: str,
-    num_partitions: int,
-    *,
-    replication_factor: int = 1,
-    exist_ok: bool = True,
-    configs: Mapping[str, str] | None = None,
-) -> bool:
-    """Create *topic* with *num_partitions* partitions via the Kafka admin API.
-
-    Returns True if it was created, False if it already existed (and *exist_ok*).
-    An existing topic is left as it is, even with another partition count.
-
-    Raises:
-        aiokafka.errors.KafkaError: the broker refused, e.g. ``TopicAlreadyExistsError``
-            when *exist_ok* is false.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import for_code
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [
-                NewTopic(
-                    name=topic,
-                    num_partitions=num_partitions,
-                    replication_factor=replication_factor,
-                    topic_configs=dict(configs or {}),
-                )
-            ]
-        )
-    finally:
-        await admin.close()
-    for error in response.topic_errors:
-        code: int = error[1]
-        if code == 0:
-            return True
-        if code == _TOPIC_ALREADY_EXISTS and exist_ok:
-            return False
-        message = error[2] if len(error) > 2 else None
-        raise for_code(code)(f"creating topic {topic!r}: {message or 'error ' + str(code)}")
-    return True
 
 
 def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
@@ -406,7 +357,7 @@ class TansuBroker:
         self.start()
 
     def create_topic(self, topic: str, num_partitions: int, *, exist_ok: bool = True) -> bool:
-        """Synchronous :func:`create_topic` against this broker."""
+        """Synchronous ``tododb.infra.kafka.create_topic`` against this broker."""
         return _run_sync(
             lambda: create_topic(self.bootstrap_servers, topic, num_partitions, exist_ok=exist_ok)
         )
@@ -513,7 +464,7 @@ class ExternalBroker:
         return _run_sync(lambda: wait_until_ready(self.bootstrap_servers, wait_seconds))
 
     def create_topic(self, topic: str, num_partitions: int, *, exist_ok: bool = True) -> bool:
-        """Synchronous :func:`create_topic` against this broker."""
+        """Synchronous ``tododb.infra.kafka.create_topic`` against this broker."""
         return _run_sync(
             lambda: create_topic(self.bootstrap_servers, topic, num_partitions, exist_ok=exist_ok)
         )

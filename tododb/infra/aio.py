@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -20,9 +19,3 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
         await main(stop)
 
     asyncio.run(runner())
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds`` (a backoff), returning early when ``stop`` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-from tododb.settings import Settings
+from tododb.infra.settings import Settings
 
 
 def bootstrap_servers(settings: Settings) -> str:
@@ -76,11 +76,52 @@ def make_consumer(settings: Settings, *topics: str, group_id: str) -> AIOKafkaCo
     )
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter (half fixed, half random); ``attempt`` counts from 1.
+#: Kafka error code for "topic already exists".
+_TOPIC_ALREADY_EXISTS = 36
 
-    The jitter spreads out clients that failed together, so they do not retry in step.
+
+async def create_topic(
+    bootstrap_servers: str,
+    topic: str,
+    num_partitions: int,
+    *,
+    replication_factor: int = 1,
+    exist_ok: bool = True,
+    configs: Mapping[str, str] | None = None,
+) -> bool:
+    """Create *topic* with *num_partitions* partitions via the Kafka admin API.
+
+    Returns True if it was created, False if it already existed (and *exist_ok*).
+    An existing topic is left as it is, even with another partition count.
+
+    Raises:
+        aiokafka.errors.KafkaError: the broker refused, e.g. ``TopicAlreadyExistsError``
+            when *exist_ok* is false.
     """
-    delay: float = min(cap, base * 2.0 ** (attempt - 1))
-    jitter: float = random.uniform(0, delay / 2)  # noqa: S311 - not crypto
-    return delay / 2 + jitter
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import for_code
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=topic,
+                    num_partitions=num_partitions,
+                    replication_factor=replication_factor,
+                    topic_configs=dict(configs or {}),
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    for error in response.topic_errors:
+        code: int = error[1]
+        if code == 0:
+            return True
+        if code == _TOPIC_ALREADY_EXISTS and exist_ok:
+            return False
+        message = error[2] if len(error) > 2 else None
+        raise for_code(code)(f"creating topic {topic!r}: {message or 'error ' + str(code)}")
+    return True

@@ -3,7 +3,7 @@ delivery to the owner's webhooks.
 
 The notification row, its delivery rows and the inbox row commit in one transaction, so
 a redelivered event neither repeats a notification nor a webhook call; the deliveries
-themselves are an outbox worked off by ``webhooks.DeliveryWorker``.
+themselves are an outbox worked off by ``delivery.DeliveryWorker``.
 """
 
 from __future__ import annotations
@@ -12,64 +12,28 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from tododb import contract
 from tododb.consumers.core import AsyncConn
-from tododb.consumers.ddl import inbox_ddl
-from tododb.relay.envelope import TodoEvent
-
-SCHEMA = "notifications"
-
-DDL = (
-    "CREATE SCHEMA IF NOT EXISTS notifications",
-    inbox_ddl(SCHEMA),
-    "CREATE TABLE IF NOT EXISTS notifications.notifications ("
-    "id bigserial PRIMARY KEY, owner text NOT NULL, event_id uuid NOT NULL UNIQUE, "
-    "todo_id uuid NOT NULL, type text NOT NULL, message text NOT NULL, data jsonb NOT NULL, "
-    "occurred_at timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
-    "CREATE INDEX IF NOT EXISTS notifications_owner_id "
-    "ON notifications.notifications (owner, id DESC)",
-    # Titles, so that later notifications can name the todo without asking anyone.
-    "CREATE TABLE IF NOT EXISTS notifications.todo_titles ("
-    "todo_id uuid PRIMARY KEY, title text NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS notifications.webhooks ("
-    "id uuid PRIMARY KEY, owner text NOT NULL, url text NOT NULL, secret text NOT NULL, "
-    "created_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz, "
-    "consecutive_failures integer NOT NULL DEFAULT 0, circuit_open_until timestamptz)",
-    "CREATE INDEX IF NOT EXISTS webhooks_owner ON notifications.webhooks (owner) "
-    "WHERE deleted_at IS NULL",
-    "CREATE TABLE IF NOT EXISTS notifications.deliveries ("
-    "id bigserial PRIMARY KEY, "
-    "webhook_id uuid NOT NULL REFERENCES notifications.webhooks (id), "
-    "notification_id bigint NOT NULL REFERENCES notifications.notifications (id), "
-    "status text NOT NULL DEFAULT 'pending', attempts integer NOT NULL DEFAULT 0, "
-    "next_attempt_at timestamptz NOT NULL DEFAULT now(), last_error text, "
-    "delivered_at timestamptz, UNIQUE (webhook_id, notification_id))",
-    "CREATE INDEX IF NOT EXISTS deliveries_due ON notifications.deliveries (next_attempt_at) "
-    "WHERE status = 'pending'",
-    "CREATE TABLE IF NOT EXISTS notifications.delivery_attempts ("
-    "id bigserial PRIMARY KEY, "
-    "delivery_id bigint NOT NULL REFERENCES notifications.deliveries (id), "
-    "webhook_id uuid NOT NULL, attempt integer NOT NULL, "
-    "attempted_at timestamptz NOT NULL DEFAULT now(), status_code integer, error text, "
-    "duration_ms double precision NOT NULL, outcome text NOT NULL)",
-)
+from tododb.consumers.notifications.store import DDL, SCHEMA
+from tododb.contract import TodoEvent
 
 
 def _message(event: TodoEvent, title: str | None) -> str | None:
     """The text for an event, or None for events that notify nobody."""
     name = f'"{title}"' if title else "a todo"
     data = event.data
-    match event.type.removeprefix("todos.task."):
-        case "created":
+    match event.type:
+        case contract.TASK_CREATED:
             return f"New todo {name}" + (f", due {data['due']}" if data.get("due") else "")
-        case "due_date_set":
+        case contract.TASK_DUE_DATE_SET:
             return f"Due date of {name} set to {data['due']}"
-        case "due_date_cleared":
+        case contract.TASK_DUE_DATE_CLEARED:
             return f"Due date of {name} cleared"
-        case "completed":
+        case contract.TASK_COMPLETED:
             return f"Completed {name}"
-        case "reopened":
+        case contract.TASK_REOPENED:
             return f"Reopened {name}"
-        case "deleted":
+        case contract.TASK_DELETED:
             return f"Deleted {name}"
         case _:
             return None
@@ -110,7 +74,7 @@ class NotificationsHandler:
 
     async def _title(self, conn: AsyncConn, event: TodoEvent) -> str | None:
         title: Any = event.data.get("title")
-        if event.type in ("todos.task.created", "todos.task.title_changed"):
+        if event.type in (contract.TASK_CREATED, contract.TASK_TITLE_CHANGED):
             if not isinstance(title, str):
                 raise ValueError(f"{event.type} without a title")
             await conn.execute(

@@ -6,6 +6,8 @@ is exactly what production runs (`todo serve`, `todo projections run`, ...).
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +18,11 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.text import Text
+
+from tododb.infra.retry import Backoff
+
+log = logging.getLogger(__name__)
+RESTART_BACKOFF = Backoff(0.5, 30.0)
 
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
 
@@ -94,4 +101,48 @@ class Supervisor:
 
 def todo_command(*args: str) -> list[str]:
     """argv for a `todo` sub-command run with this interpreter."""
-    return [sys.executable, "-m", "tododb.cli", *args]
+    return [sys.executable, "-m", "tododb.entrypoints.cli", *args]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the parent dies, so a killed worker leaves no orphans."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def run_restarting(commands: Mapping[str, Sequence[str]], stop: threading.Event) -> None:
+    """Run each named command as a child; restart any that exits, until ``stop``.
+
+    ``todo projections run`` uses it to give each projection a process (a core and a
+    GIL) of its own; children get SIGKILL if this process dies.
+    """
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    restarts: dict[str, int] = dict.fromkeys(commands, 0)
+
+    def start(kind: str) -> None:
+        children[kind] = subprocess.Popen(  # noqa: S603 - our own command
+            list(commands[kind]),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    for kind in commands:
+        start(kind)
+    try:
+        while not stop.wait(0.5):
+            for kind, child in children.items():
+                if child.poll() is not None:
+                    log.warning("%s exited with %s; restarting", kind, child.returncode)
+                    restarts[kind] += 1
+                    stop.wait(RESTART_BACKOFF.delay(restarts[kind]))
+                    start(kind)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()

@@ -1,0 +1,1 @@
+"""The analytics service: a consumer and its store (schema analytics)."""

@@ -1,0 +1,71 @@
+"""The analytics service's tables: their DDL, and the figures the API may read.
+
+The schema belongs to the analytics service; the API reads it only through
+``AnalyticsStore``, handed to it by the composition root.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from tododb.consumers.ddl import apply_ddl, inbox_ddl
+from tododb.infra.postgres import ConnectionFactory
+
+SCHEMA = "analytics"
+
+DDL = (
+    "CREATE SCHEMA IF NOT EXISTS analytics",
+    inbox_ddl(SCHEMA),
+    "CREATE TABLE IF NOT EXISTS analytics.daily ("
+    "owner text NOT NULL, day date NOT NULL, "
+    "created integer NOT NULL DEFAULT 0, completed integer NOT NULL DEFAULT 0, "
+    "reopened integer NOT NULL DEFAULT 0, deleted integer NOT NULL DEFAULT 0, "
+    "completion_seconds_total double precision NOT NULL DEFAULT 0, "
+    "completions_timed integer NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (owner, day))",
+    # When each todo was created, to time its completions.
+    "CREATE TABLE IF NOT EXISTS analytics.todos ("
+    "todo_id uuid PRIMARY KEY, owner text NOT NULL, created_at timestamptz NOT NULL)",
+)
+
+
+class AnalyticsStore:
+    """The figures the API serves, read through the service's own module."""
+
+    def __init__(self, connect: ConnectionFactory) -> None:
+        self.connect = connect
+
+    def create_schema(self) -> None:
+        with self.connect() as conn:
+            apply_ddl(conn, SCHEMA, DDL)
+
+    def daily_figures(self, owner: str, start: date, end: date) -> list[dict[str, Any]]:
+        """The owner's figures per day in [start, end], days without activity left out."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT day, created, completed, reopened, deleted, "
+                "completion_seconds_total, completions_timed FROM analytics.daily "
+                "WHERE owner = %s AND day BETWEEN %s AND %s ORDER BY day",
+                (owner, start, end),
+            ).fetchall()
+        return [_day(row) for row in rows]
+
+
+def _day(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "day": row["day"].isoformat(),
+        "created": row["created"],
+        "completed": row["completed"],
+        "reopened": row["reopened"],
+        "deleted": row["deleted"],
+        "mean_completion_seconds": (
+            row["completion_seconds_total"] / row["completions_timed"]
+            if row["completions_timed"]
+            else None
+        ),
+    }
+
+
+def today() -> date:
+    return datetime.now(UTC).date()

@@ -1,0 +1,1 @@
+"""The notifications service: a consumer, its store (schema notifications) and webhook delivery."""

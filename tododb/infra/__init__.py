@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, PostgreSQL and Kafka clients, locks, retries. No domain."""

@@ -1,0 +1,65 @@
+"""What the admin API may do to the read models: status, and rebuilds it can follow."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from tododb.infra.leadership import lock_holders
+from tododb.projections.rebuild import RebuildInProgress, rebuild, request_rebuild
+from tododb.projections.rebuild_log import RebuildLog, RebuildRow
+from tododb.projections.registry import KINDS, ReadSide
+from tododb.projections.status import ProjectionStatus, projection_status
+
+log = logging.getLogger(__name__)
+
+
+class UnknownProjection(LookupError):
+    """No read model by that name."""
+
+
+class RebuildAlreadyRunning(Exception):
+    """Another rebuild of the projection holds its lock."""
+
+
+class ProjectionsAdmin:
+    """One object for the API to hold, so it needs to know nothing of locks or tables."""
+
+    KINDS = KINDS
+
+    def __init__(self, read_side: ReadSide, head_position: Callable[[], int]) -> None:
+        self.read_side = read_side
+        self.head_position = head_position
+        self.rebuilds = RebuildLog(read_side)
+
+    def status(self) -> list[ProjectionStatus]:
+        return projection_status(self.read_side, self.head_position())
+
+    def start_rebuild(self, name: str) -> RebuildRow:
+        """Register a rebuild of ``name`` and run it in a daemon thread; its row, pending."""
+        if name not in KINDS:
+            raise UnknownProjection(f"unknown projection {name!r}; known: {', '.join(KINDS)}")
+        with self.read_side.connect() as conn:
+            if lock_holders(conn, f"rebuild:{name}"):
+                raise RebuildAlreadyRunning(f"{name} is already being rebuilt")
+        rebuild_id = request_rebuild(self.read_side, name)
+        threading.Thread(
+            target=self._run, args=(name, rebuild_id), name=f"rebuild-{name}", daemon=True
+        ).start()
+        row = self.get_rebuild(name, rebuild_id)
+        if row is None:
+            raise LookupError(f"rebuild {rebuild_id} of {name} vanished once registered")
+        return row
+
+    def get_rebuild(self, name: str, rebuild_id: str) -> RebuildRow | None:
+        return self.rebuilds.get(name, rebuild_id)
+
+    def _run(self, name: str, rebuild_id: str) -> None:
+        """The thread's body: nobody awaits it, so its failures go to the log (and the row)."""
+        try:
+            rebuild(self.read_side, name, rebuild_id=rebuild_id)
+        except RebuildInProgress:
+            log.warning("rebuild %s of %s: another rebuild started first", rebuild_id, name)
+        except Exception:
+            log.exception("rebuild %s of %s failed", rebuild_id, name)
