@@ -102,6 +102,12 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         data_dir=tmp_path_factory.mktemp("data"),
         read_wait_seconds=2.0,
         webhook_allow_private_targets=True,  # the test webhook receivers are on loopback
+        # Rate limits stay on (the dependency runs on every request) but out of reach;
+        # tests/integration/test_read_protection.py builds apps with tiny ones.
+        rate_limit_commands_per_second=100_000.0,
+        rate_limit_commands_burst=1_000_000,
+        rate_limit_queries_per_second=100_000.0,
+        rate_limit_queries_burst=1_000_000,
     )
 
 

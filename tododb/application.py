@@ -103,12 +103,11 @@ class TodoApplication(Application[UUID]):
             id=todo_id,
         )
         try:
-            recordings = self.save(todo)
+            return self._save(todo)
         except RecordConflictError:
             if todo_id is None:
                 raise
             return self._replay_idempotent_create(owner, todo)
-        return CommandResult(todo, _last_position(recordings), recorded=True)
 
     def update_todo(
         self,
@@ -225,13 +224,37 @@ class TodoApplication(Application[UUID]):
             if not todo.pending_events:
                 return CommandResult(todo, self._last_position(todo.id), recorded=False)
             try:
-                recordings = self.save(todo)
+                return self._save(todo)
             except RecordConflictError:
                 if expected_version is not None:
                     raise PreconditionFailed(self._get_owned(owner, todo_id).version) from None
-                continue
-            return CommandResult(todo, _last_position(recordings), recorded=True)
         raise ConcurrencyConflict(f"todo {todo_id}: gave up after {self.conflict_retries} retries")
+
+    def _save(self, todo: Todo) -> CommandResult:
+        """Append the todo's new events; ``RecordConflictError`` if another writer won.
+
+        When the connection drops around COMMIT the library retries the insert and meets
+        the row it had just committed. So a conflict is decided from what is stored: if
+        the stored events are this command's own, byte for byte, the command succeeded.
+        """
+        events = list(todo.pending_events)
+        try:
+            recordings = self.save(todo)
+        except RecordConflictError:
+            if not self._stored_are(events):
+                raise
+            return CommandResult(todo, self._last_position(todo.id), recorded=True)
+        return CommandResult(todo, _last_position(recordings), recorded=True)
+
+    def _stored_are(self, events: list[Any]) -> bool:
+        """Whether the store holds exactly ``events`` at their versions (same topic, state
+        and timestamp: a competing writer's event differs at least in its timestamp)."""
+        first, last = events[0].originator_version, events[-1].originator_version
+        stored = self.recorder.select_events(events[0].originator_id, gt=first - 1, lte=last)
+        mine = [self.mapper.to_stored_event(e) for e in events]
+        return [(s.originator_version, s.topic, s.state) for s in stored] == [
+            (m.originator_version, m.topic, m.state) for m in mine
+        ]
 
     def _replay_idempotent_create(self, owner: str, attempted: Todo) -> CommandResult:
         """A create with a used key returns the todo it made, if the request matches."""

@@ -35,6 +35,11 @@ def notifications_of(database_url: str, owner: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+async def parked_are(service: NotificationsService, want: dict[str, int]) -> bool:
+    """The group's parked keys, with how many messages each holds back, are ``want``."""
+    return {k.key: k.count for k in await service.consumer.parking.summary()} == want
+
+
 async def test_poison_messages_go_to_the_dlq_and_later_events_are_handled(
     kafka_broker: BrokerHandle,  # noqa: F811
     settings: Settings,
@@ -49,9 +54,8 @@ async def test_poison_messages_go_to_the_dlq_and_later_events_are_handled(
     good_before = to_message(first.collect_events()[0], 1, owner)
     good_after = to_message(later.collect_events()[0], 4, owner)
     # Well-formed envelope the handler cannot process: a created event without a title.
-    envelope = json.loads(
-        to_message(Todo.create(owner=owner, title="x").collect_events()[0], 3, owner).value
-    )
+    poison = Todo.create(owner=owner, title="x")
+    envelope = json.loads(to_message(poison.collect_events()[0], 3, owner).value)
     del envelope["data"]["title"]
     unprocessable = json.dumps(envelope).encode()
 
@@ -81,6 +85,11 @@ async def test_poison_messages_go_to_the_dlq_and_later_events_are_handled(
             lambda: len(notifications_of(database_url, owner)) == 2, what="both good events handled"
         )
         await eventually(lambda: service.consumer.counters.dead_lettered == 2, what="2 in DLQ")
+        # Each dead letter also parks its todo (the CloudEvent subject; for garbage, the
+        # Kafka key): that todo's later messages would wait behind it.
+        await eventually(
+            lambda: parked_are(service, {"k": 1, str(poison.id): 1}), what="both parked"
+        )
     assert notifications_of(database_url, owner) == [
         'New todo "before the poison"',
         'New todo "after the poison"',

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import PROBLEM, create_todo
+from tododb.projections.queries import TodoFilter
 
 
 def create(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
@@ -215,3 +220,26 @@ def test_stats_of_a_new_user_are_zero(
         "total": 0,
         "completed_last_7_days": 0,
     }
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+23:59",
+        "2030-01-01T00:00:00\u0000",
+        "2030-01-01T00:00:00",
+        "not a date",
+        12,
+    ],
+)
+def test_a_forged_cursor_is_400_never_500(
+    client: TestClient, headers: dict[str, str], value: object
+) -> None:
+    """Cursors are not signed: whatever a client puts in one is refused before SQL."""
+    fingerprint = TodoFilter().fingerprint()
+    payload = {"s": "due", "f": fingerprint, "v": value, "id": str(uuid.uuid4())}
+    cursor = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    r = client.get("/v1/todos", params={"sort": "due", "cursor": cursor}, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"

@@ -182,3 +182,52 @@ def test_aggregate_is_rebuilt_from_its_events() -> None:
     assert isinstance(copy, Todo)
     assert (copy.title, copy.tags, copy.status, copy.version) == ("Renamed", ["a"], "completed", 3)
     assert copy.completed_at == events[-1].timestamp
+
+
+@pytest.mark.parametrize("owner", ["", "x" * 129, "x" * 10_000, "al\x00ice", "\ud800", "a b"])
+def test_owner_must_be_a_usable_user_id(owner: str) -> None:
+    with pytest.raises(InvariantViolation) as e:
+        new_todo(owner=owner)
+    assert e.value.field == "owner"
+
+
+@pytest.mark.parametrize("bad", ["Buy\x00milk", "\ud800", "Buy milk\x1b", "\ufffe"])
+def test_title_and_description_refuse_nul_controls_and_lone_surrogates(bad: str) -> None:
+    with pytest.raises(InvariantViolation) as e:
+        new_todo(title=bad)
+    assert e.value.field == "title"
+    with pytest.raises(InvariantViolation) as e:
+        new_todo(description=bad)
+    assert e.value.field == "description"
+    todo = new_todo()
+    todo.collect_events()
+    with pytest.raises(InvariantViolation):
+        todo.change_title(bad)
+    with pytest.raises(InvariantViolation):
+        todo.change_description(bad)
+    assert types(todo) == []
+
+
+def test_title_with_controls_at_its_edges_is_refused_not_stripped() -> None:
+    # str.strip() removes \x1c-\x1f; the rule looks at the text as sent.
+    with pytest.raises(InvariantViolation):
+        new_todo(title="\x1fBuy milk\x1f")
+
+
+def test_tabs_and_newlines_are_ordinary_text() -> None:
+    todo = new_todo(title="Buy\tmilk", description="line 1\r\nline 2\n")
+    assert (todo.title, todo.description) == ("Buy\tmilk", "line 1\r\nline 2\n")
+
+
+def test_a_due_date_that_overflows_on_its_way_to_utc_is_an_invariant_violation() -> None:
+    overflowing = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(-timedelta(hours=23.99)))
+    with pytest.raises(InvariantViolation) as e:
+        new_todo(due=overflowing)
+    assert e.value.field == "due"
+    todo = new_todo()
+    todo.collect_events()
+    with pytest.raises(InvariantViolation):
+        todo.set_due(overflowing)
+    with pytest.raises(InvariantViolation):
+        todo.set_due(datetime(1899, 12, 31, 23, 59, tzinfo=UTC))
+    assert types(todo) == []

@@ -1,29 +1,32 @@
-"""Admin endpoints (admin claim): projection status and zero-downtime rebuilds."""
+"""Admin endpoints (admin claim): projection status, zero-downtime rebuilds, quarantine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel
 
 from tododb.api.auth import AdminUser
 from tododb.api.problems import Problem
-from tododb.api.schemas import ProblemOut
+from tododb.api.schemas import problem_responses
 from tododb.projections.admin import (
+    NothingToResolve,
+    NotQuarantined,
     ProjectionsAdmin,
     RebuildAlreadyRunning,
+    Resolution,
     UnknownProjection,
 )
 
 router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (401, 403, 404, 409)
-    },
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 
 
@@ -48,6 +51,28 @@ class ProjectionOut(BaseModel):
     lag: int
     state: Literal["running", "rebuilding", "stopped"]
     last_rebuild: dict[str, Any] | None
+    quarantined: int
+
+
+class QuarantinedOut(BaseModel):
+    """A quarantined todo: its failed event, why, and how many of its events wait behind."""
+
+    todo_id: UUID
+    position: int
+    version: int
+    topic: str
+    error: str
+    held: int
+    quarantined_at: datetime
+
+
+class ResolutionOut(BaseModel):
+    todo_id: UUID
+    released: bool
+    applied: int
+    """Events applied to the view by this retry or skip."""
+    quarantined: QuarantinedOut | None
+    """The todo's head if an event failed again (the same one, or a later one)."""
 
 
 def get_projections_admin(request: Request) -> ProjectionsAdmin:
@@ -71,9 +96,7 @@ def start_rebuild(name: str, response: Response, _: AdminUser, admin: Admin) -> 
     try:
         row = admin.start_rebuild(name)
     except UnknownProjection:
-        raise Problem(
-            404, "Unknown projection", f"known: {', '.join(admin.KINDS)}", type_="not-found"
-        ) from None
+        raise _unknown(admin) from None
     except RebuildAlreadyRunning:
         raise Problem(
             409, "Rebuild in progress", f"{name} is already being rebuilt", type_="conflict"
@@ -88,3 +111,56 @@ def get_rebuild(name: str, rebuild_id: str, _: AdminUser, admin: Admin) -> Rebui
     if row is None:
         raise Problem(404, "Rebuild not found", type_="not-found")
     return RebuildOut(**row)
+
+
+@router.get("/projections/{name}/quarantine", response_model=list[QuarantinedOut])
+def list_quarantine(name: str, _: AdminUser, admin: Admin) -> list[QuarantinedOut]:
+    """The todos whose events are quarantined in the live generation, in log order."""
+    try:
+        todos = admin.quarantine(name)
+    except UnknownProjection:
+        raise _unknown(admin) from None
+    return [QuarantinedOut(**asdict(t)) for t in todos]
+
+
+@router.post("/projections/{name}/quarantine/{todo_id}/retry", response_model=ResolutionOut)
+def retry_quarantined(name: str, todo_id: UUID, _: AdminUser, admin: Admin) -> ResolutionOut:
+    """Apply the todo's quarantined events again (after a fix); released if all apply."""
+    return _resolve(admin, admin.retry, name, todo_id)
+
+
+@router.post("/projections/{name}/quarantine/{todo_id}/skip", response_model=ResolutionOut)
+def skip_quarantined(name: str, todo_id: UUID, _: AdminUser, admin: Admin) -> ResolutionOut:
+    """Record the failing event as skipped, then apply the events held behind it."""
+    return _resolve(admin, admin.skip, name, todo_id)
+
+
+def _resolve(
+    admin: ProjectionsAdmin,
+    action: Callable[[str, UUID], Resolution],
+    name: str,
+    todo_id: UUID,
+) -> ResolutionOut:
+    try:
+        done = action(name, todo_id)
+    except UnknownProjection:
+        raise _unknown(admin) from None
+    except NotQuarantined:
+        raise Problem(
+            404, "Not quarantined", f"{name} never quarantined todo {todo_id}", type_="not-found"
+        ) from None
+    except NothingToResolve:
+        raise Problem(
+            409,
+            "Nothing to resolve",
+            f"no event of todo {todo_id} is quarantined in {name}",
+            type_="conflict",
+        ) from None
+    head = None if done.quarantined is None else QuarantinedOut(**asdict(done.quarantined))
+    return ResolutionOut(
+        todo_id=done.todo_id, released=done.released, applied=done.applied, quarantined=head
+    )
+
+
+def _unknown(admin: ProjectionsAdmin) -> Problem:
+    return Problem(404, "Unknown projection", f"known: {', '.join(admin.KINDS)}", type_="not-found")

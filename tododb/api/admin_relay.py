@@ -1,20 +1,18 @@
-"""``GET /v1/admin/relay``: the relay's position, the log's head, the lag."""
+"""``GET /v1/admin/relay``: the relay's position, the log's head, the lag, and how many
+events it quarantined (could not publish) or holds behind them."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tododb.api.auth import AdminUser
-from tododb.api.schemas import ProblemOut
+from tododb.api.schemas import problem_responses
 
 router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (401, 403)
-    },
+    responses=problem_responses(401, 403, 503),
 )
 
 
@@ -23,6 +21,10 @@ class RelayStatusOut(BaseModel):
     head: int
     lag: int
     active: bool
+    quarantined: int = Field(
+        description="Events that could not be published (`todo relay quarantine`)."
+    )
+    held: int = Field(description="Later events of those todos, held back to keep their order.")
     topic: str
 
 

@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from tododb.api.auth import CurrentUser
 from tododb.api.deps import Analytics
 from tododb.api.problems import Problem
-from tododb.api.schemas import ProblemOut
+from tododb.api.schemas import problem_responses
 from tododb.consumers.analytics.store import today
 
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def iso_date(value: Any) -> Any:
+    """Only ``YYYY-MM-DD``: lax mode would read ``0`` as the epoch's day."""
+    if not isinstance(value, str) or _ISO_DATE.fullmatch(value) is None:
+        raise ValueError("must be an ISO 8601 date, YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(iso_date)]
+
 router = APIRouter(
     prefix="/v1/analytics",
     tags=["analytics"],
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (401, 422)
-    },
+    responses=problem_responses(
+        401,
+        422,
+        503,
+        described={
+            422: f"The request failed validation, or `from` is after `to` or more than "
+            f"{MAX_DAYS} days before it (`validation`)."
+        },
+    ),
 )
 
 
@@ -50,16 +69,31 @@ class AnalyticsOut(BaseModel):
     totals: Totals
 
 
+def default_start(end: date) -> date:
+    """``DEFAULT_DAYS`` days ending at ``end``, clipped at the first representable day."""
+    try:
+        return end - timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError:
+        return date.min
+
+
 @router.get("", response_model=AnalyticsOut)
 def get_analytics(
     user: CurrentUser,
     store: Analytics,
-    from_: Annotated[date | None, Query(alias="from", description="First day (UTC).")] = None,
-    to: Annotated[date | None, Query(description="Last day (UTC), default today.")] = None,
+    # Absent means the default; neither takes null, so neither is documented so.
+    from_: Annotated[
+        Day | SkipJsonSchema[None],
+        Query(alias="from", description="First day (UTC), YYYY-MM-DD; default 30 days to `to`."),
+    ] = None,
+    to: Annotated[
+        Day | SkipJsonSchema[None],
+        Query(description="Last day (UTC), YYYY-MM-DD; default today."),
+    ] = None,
 ) -> AnalyticsOut:
     """Days without activity are left out; figures are by the event's UTC day."""
     end = to or today()
-    start = from_ or end - timedelta(days=DEFAULT_DAYS - 1)
+    start = from_ or default_start(end)
     if start > end:
         raise Problem(422, "Invalid range", "`from` is after `to`", type_="validation")
     if (end - start).days >= MAX_DAYS:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from tododb.api import (
     admin,
@@ -21,8 +21,10 @@ from tododb.api import (
 )
 from tododb.api.body_limit import BodySizeLimit
 from tododb.api.metrics import Metrics, MetricsMiddleware
-from tododb.api.positions import PositionWatcher
+from tododb.api.positions import PositionWatcher, WaitSlots
 from tododb.api.problems import install_problem_handlers
+from tododb.api.ratelimit import RateLimits, rate_limit
+from tododb.api.schemas import problem_responses
 from tododb.application import TodoApplication
 from tododb.consumers.analytics.store import AnalyticsStore
 from tododb.consumers.notifications.store import NotificationsStore
@@ -36,6 +38,10 @@ An event-sourced todo backend. Every change is an event in an append-only Postgr
 event store; command responses carry `X-Position`, the global log position of their
 last event. Errors are RFC 9457 `application/problem+json`.
 """
+
+RATE_LIMITED = problem_responses(
+    429, described={429: "Rate limit reached (per user); see Retry-After."}
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class ApiServices:
     analytics: AnalyticsStore
     projections: ProjectionsAdmin
     relay_status: Callable[[], dict[str, Any]]
+    database_url: str
+    """For readiness probes, which open a connection of their own (never the pool's)."""
 
 
 def create_app(
@@ -69,15 +77,22 @@ def create_app(
     app = FastAPI(title="tododb", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.services = services
     app.state.read_wait_seconds = settings.read_wait_seconds
+    app.state.read_waits = WaitSlots(settings.read_wait_max, settings.read_wait_max_per_user)
+    app.state.rate_limits = RateLimits.from_settings(settings)
     app.state.jwt_secret = settings.resolved_jwt_secret()
     app.state.jwt_leeway = settings.jwt_leeway_seconds
     app.state.kafka_topic = settings.kafka_topic
     app.state.webhook_allow_private_targets = settings.webhook_allow_private_targets
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    metrics = Metrics(services.positions)
+    metrics = Metrics(services.positions, services.projections.quarantined_counts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.mount("/metrics", metrics.asgi_app)
-    for module in (health, queries, todos, admin, admin_relay, webhooks, notifications, analytics):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (queries, todos, admin, admin_relay, webhooks, notifications, analytics):
+        app.include_router(
+            module.router,
+            dependencies=[Depends(rate_limit)],
+            responses=RATE_LIMITED if app.state.rate_limits is not None else None,
+        )
     return app

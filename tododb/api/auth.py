@@ -11,6 +11,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tododb.api.problems import Problem
+from tododb.domain.errors import InvariantViolation
+from tododb.domain.invariants import USER_ID_MAX, clean_user_id
 
 ALGORITHM = "HS256"
 bearer = HTTPBearer(auto_error=False, description="A JWT from `todo token USER`.")
@@ -50,10 +52,26 @@ def decode_token(secret: str, token: str, *, leeway: int = 0) -> User:
         raise _unauthorized("the token has expired", "invalid_token") from None
     except jwt.InvalidTokenError as e:
         raise _unauthorized(f"invalid token: {e}", "invalid_token") from None
-    sub = claims.get("sub")
+    return User(id=_user_id(claims.get("sub")), admin=claims.get("admin") is True)
+
+
+def _user_id(sub: object) -> str:
+    """The user id a validly signed token names, if we can use it as one.
+
+    An id we cannot store (too long for an index, a NUL, a lone surrogate...) is an
+    identity we cannot act for, so it is an authentication failure (401), not a 422: the
+    request never gets as far as its body. The detail names the rule, never the subject.
+    """
     if not isinstance(sub, str) or not sub:
         raise _unauthorized("the token has no subject", "invalid_token")
-    return User(id=sub, admin=claims.get("admin") is True)
+    try:
+        return clean_user_id(sub)
+    except InvariantViolation:
+        raise _unauthorized(
+            f"the token's subject is not a usable user id (1-{USER_ID_MAX} characters of"
+            " A-Z, a-z, 0-9 and . _ ~ @ : | + = -)",
+            "invalid_token",
+        ) from None
 
 
 def current_user(

@@ -6,6 +6,7 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from pydantic.json_schema import SkipJsonSchema
 
 from tododb.api.problems import Problem
 from tododb.application import TodoApplication
@@ -13,7 +14,28 @@ from tododb.consumers.analytics.store import AnalyticsStore
 from tododb.consumers.notifications.store import NotificationsStore
 from tododb.infra.postgres import ConnectionFactory
 
-_ETAG = re.compile(r'^\s*"(\d+)"\s*$')
+# A quoted version of 1-10 ASCII digits (``\d`` would take any Unicode digit), and at most
+# VERSION_MAX: int() of thousands of digits is slow, then a ValueError (Python's digit limit).
+_ETAG = re.compile(r'\s*"([0-9]{1,10})"\s*')
+VERSION_MAX = 2**31 - 1
+
+
+def _at_most(limit: int) -> str:
+    """A regular expression for the digit strings ``_ETAG`` takes (1 to as many digits as
+    ``limit`` has, leading zeros allowed) whose value is at most ``limit``."""
+    digits = str(limit)
+    shorter = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
+    same_length = [
+        f"{digits[:i]}[0-{int(d) - 1}][0-9]{{{len(digits) - i - 1}}}"
+        for i, d in enumerate(digits)
+        if d != "0"
+    ]
+    return "|".join([*shorter, *same_length, digits])
+
+
+IF_MATCH_PATTERN = rf'^\s*(\*|"({_at_most(VERSION_MAX)})")\s*$'
+"""What ``expected_version`` accepts, for the OpenAPI document: ``*``, or a quoted version
+of at most VERSION_MAX."""
 
 
 def get_todo_app(request: Request) -> TodoApplication:
@@ -40,18 +62,30 @@ def get_analytics(request: Request) -> AnalyticsStore:
 
 def expected_version(
     if_match: Annotated[
-        str | None,
-        Header(description='`"<version>"` from an ETag; a stale one answers 412.'),
+        # Absent is "any version", and a header is never null: the document says string.
+        str | SkipJsonSchema[None],
+        Header(
+            description='`"<version>"` from an ETag, at most 2^31-1; a stale one answers '
+            "412, a malformed one 400 `bad-if-match`. `*` or none: any version.",
+            # Documented, not validated by FastAPI: a mismatch is our 400, not a 422.
+            json_schema_extra={"pattern": IF_MATCH_PATTERN},
+        ),
     ] = None,
 ) -> int | None:
+    """The version a command expects. ``"0"`` is well formed but never current (a 412),
+    anything else malformed or out of range is a 400, never a 500."""
     if if_match is None or if_match.strip() == "*":
         return None
-    match = _ETAG.match(if_match)
-    if match is None:
+    match = _ETAG.fullmatch(if_match)
+    version = None if match is None else int(match.group(1))
+    if version is None or version > VERSION_MAX:
         raise Problem(
-            400, "Bad If-Match", 'If-Match must be a version ETag such as "3"', type_="bad-if-match"
+            400,
+            "Bad If-Match",
+            f'If-Match must be a version ETag such as "3", at most {VERSION_MAX}',
+            type_="bad-if-match",
         )
-    return int(match.group(1))
+    return version
 
 
 TodoApp = Annotated[TodoApplication, Depends(get_todo_app)]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
@@ -12,9 +13,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tododb.api.positions import PositionWatcher
 
+log = logging.getLogger(__name__)
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The method as a label: clients choose it freely, so only known ones count apart."""
+    return method if method in KNOWN_METHODS else "other"
+
 
 class ViewPositions(Collector):
-    """Each read model's applied log position, as this API process last saw it."""
+    """Each read model's applied log position, as this API process last saw it, and the
+    X-Min-Position reads waiting for one."""
 
     def __init__(self, watcher: PositionWatcher) -> None:
         self.watcher = watcher
@@ -26,10 +37,40 @@ class ViewPositions(Collector):
         for view, position in self.watcher.positions.items():
             gauge.add_metric([view], position)
         yield gauge
+        yield GaugeMetricFamily(
+            "tododb_read_waits_pending",
+            "X-Min-Position reads waiting for a read model",
+            value=self.watcher.pending(),
+        )
+
+
+class Quarantined(Collector):
+    """Events quarantined per projection (read at scrape time; labels are the fixed kinds).
+    A scrape while the database is away reports nothing rather than failing."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "tododb_projection_quarantined",
+            "Todos whose events a projection holds in quarantine",
+            labels=["projection"],
+        )
+        try:
+            counts = self.counts()
+        except Exception:  # a metrics scrape must never fail on a database outage
+            log.warning("quarantine counts unavailable", exc_info=True)
+            counts = {}
+        for kind, count in sorted(counts.items()):
+            gauge.add_metric([kind], count)
+        yield gauge
 
 
 class Metrics:
-    def __init__(self, watcher: PositionWatcher) -> None:
+    def __init__(
+        self, watcher: PositionWatcher, quarantined: Callable[[], dict[str, int]]
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tododb_http_requests", "HTTP requests", ["method", "route", "status"],
@@ -40,18 +81,20 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(ViewPositions(watcher))
+        self.registry.register(Quarantined(quarantined))
         self.asgi_app = make_asgi_app(self.registry)
 
 
 class MetricsMiddleware:
-    """Counts and times requests by route template (not raw path: ids would explode labels)."""
+    """Counts and times requests by route template (not raw path: ids would explode labels)
+    and known method: every label comes from a fixed set, so the series stay bounded."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/metrics":
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/") == "/metrics":
             await self.app(scope, receive, send)
             return
         status = 500
@@ -68,6 +111,6 @@ class MetricsMiddleware:
         finally:
             # The router records the matched route in the scope it was given.
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope.get("method", "")
+            method = method_label(scope.get("method", ""))
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)

@@ -10,19 +10,19 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
+from pydantic.json_schema import SkipJsonSchema
 
 from tododb.api.auth import CurrentUser
 from tododb.api.deps import Notifications
 from tododb.api.problems import Problem
-from tododb.api.schemas import ProblemOut
+from tododb.api.schemas import problem_responses
 
 router = APIRouter(
     prefix="/v1/notifications",
     tags=["notifications"],
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (400, 401, 422)
-    },
+    responses=problem_responses(
+        400, 401, 422, 503, described={400: "A cursor this API did not issue (`bad-cursor`)."}
+    ),
 )
 
 
@@ -64,7 +64,11 @@ def list_notifications(
     user: CurrentUser,
     store: Notifications,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    # Absent is "the first page"; it never takes null, so it is not documented so.
+    cursor: Annotated[
+        str | SkipJsonSchema[None],
+        Query(max_length=100, description="`next_cursor` of the previous page."),
+    ] = None,
 ) -> NotificationPage:
     before = decode_cursor(cursor) if cursor else None
     rows = store.notifications(user.id, before=before, limit=limit + 1)

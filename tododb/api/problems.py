@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from eventsourcing.persistence import OperationalError as StoreOperationalError
@@ -12,7 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import OperationalError as PgOperationalError
 from psycopg_pool import PoolTimeout
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from tododb.application import (
     ConcurrencyConflict,
@@ -23,6 +27,7 @@ from tododb.application import (
     VersionNotFound,
 )
 from tododb.domain import InvariantViolation
+from tododb.infra.postgres import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,35 @@ def problem_response(request: Request, problem: Problem) -> JSONResponse:
     )
 
 
+_HTTP_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("Bad request", None),  # FastAPI: a body that does not even decode
+    404: ("Not found", None),
+    405: ("Method not allowed", None),
+    413: ("Request body too large", "too-large"),  # BodySizeLimit, on a streamed body
+}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def allowed_methods(app: Starlette, scope: Scope) -> list[str]:
+    """Every method some route of ``app`` answers at the request's path, for ``Allow``:
+    each is tried on the routes (``matches``, which included routers answer too)."""
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 _DOMAIN_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     TodoNotFound: (404, "Todo not found", "not-found"),
     VersionNotFound: (404, "Version not found", "version-not-found"),
@@ -83,10 +117,22 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        detail = exc.detail if isinstance(exc.detail, str) else None
+        status = exc.status_code
+        title, type_ = _HTTP_ERRORS.get(status, (_phrase(status), None))
+        # Starlette's default detail only repeats the status phrase.
+        detail: str | None = exc.detail if isinstance(exc.detail, str) else None
+        if detail in (title, _phrase(status)):
+            detail = None
         headers = dict(exc.headers or {})
-        return problem_response(request, Problem(exc.status_code, title, detail, headers=headers))
+        if status == 405:
+            # Starlette names only the methods of the one route it tried; a path may have
+            # several (GET /v1/todos/{id} is a query, PATCH and DELETE are commands).
+            allowed = allowed_methods(request.app, request.scope)
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+        return problem_response(
+            request, Problem(status, title, detail, type_=type_, headers=headers)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -145,7 +191,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
         app.add_exception_handler(error, _handler)
 
-    for unavailable in (StoreOperationalError, PgOperationalError, PoolTimeout):
+    for unavailable in (
+        StoreOperationalError,
+        PgOperationalError,
+        PoolTimeout,
+        DatabaseUnavailable,
+    ):
 
         def _unavailable(request: Request, exc: Exception) -> JSONResponse:
             log.warning("database unavailable: %s", exc)

@@ -1,30 +1,80 @@
-"""Query endpoints over the read models, with read-your-writes via X-Min-Position."""
+"""Query endpoints over the read models, with read-your-writes via X-Min-Position.
+
+The endpoints are async only to wait for a position on the event loop; their database
+work runs in the threadpool once the wait is over, so a pending wait holds neither a
+worker thread nor a pooled connection.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import re
 from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel
-
-from tododb.api.auth import CurrentUser
-from tododb.api.deps import Connect, TodoApp
-from tododb.api.positions import PositionWatcher
-from tododb.api.problems import Problem
-from tododb.api.schemas import ProblemOut, Tag, TodoOut
-from tododb.application import TodoGone, TodoNotFound
-from tododb.projections.queries import InvalidCursor, ReadModelQueries, TodoFilter, TodoRow
-
-router = APIRouter(
-    prefix="/v1",
-    tags=["queries"],
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (400, 401, 404, 410, 422, 503)
-    },
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    WithJsonSchema,
 )
+from pydantic.json_schema import SkipJsonSchema
+from starlette.concurrency import run_in_threadpool
+
+from tododb.api.auth import CurrentUser, User
+from tododb.api.deps import Connect, TodoApp
+from tododb.api.positions import PositionWatcher, WaitRefused, WaitSlots
+from tododb.api.problems import Problem
+from tododb.api.schemas import (
+    ETAG_HEADER,
+    X_POSITION_HEADER,
+    Tag,
+    TodoOut,
+    problem_responses,
+    rfc3339,
+)
+from tododb.application import TodoApplication, TodoGone, TodoNotFound
+from tododb.infra.postgres import ConnectionFactory
+from tododb.projections.queries import (
+    InvalidCursor,
+    Page,
+    ReadModelQueries,
+    TodoFilter,
+    TodoRow,
+)
+
+MAX_POSITION = 2**63 - 1
+_POSITION = re.compile(r"[0-9]{1,19}")
+_NOT_IN_SEARCH = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+SEARCH_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]*$"
+"""``search_text`` as a JSON Schema pattern, for the OpenAPI document."""
+
+router = APIRouter(prefix="/v1", tags=["queries"])
+
+_WAITS = {
+    400: "Malformed X-Min-Position (`bad-min-position`).",
+    429: "Rate limit reached, or too many X-Min-Position reads of this user waiting at "
+    "once (`too-many-waits`); see Retry-After.",
+    503: "The read model has not reached X-Min-Position in time (`read-model-behind`, with "
+    "its `position`), too many reads waiting on this server (`too-many-waits`), or the "
+    "database is unreachable (`unavailable`); see Retry-After.",
+}
+
+
+def search_text(value: str) -> str:
+    """One line of printable text: PostgreSQL ``text`` cannot hold a NUL (it was a 500)."""
+    bad = _NOT_IN_SEARCH.search(value)
+    if bad is not None:
+        code = f"U+{ord(bad.group()):04X}"
+        raise ValueError(f"must not contain control characters or lone surrogates (found {code})")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(rfc3339)]
+SearchText = Annotated[str, AfterValidator(search_text)]
 
 
 class TodoPage(BaseModel):
@@ -46,29 +96,67 @@ def todo_out(row: TodoRow) -> TodoOut:
     )
 
 
-def min_position(
-    request: Request,
+async def min_position(
     x_min_position: Annotated[
-        int | None,
+        str | None,
         Header(
-            ge=0,
             description="Wait until the read model has applied this log position "
-            "(the X-Position of an earlier command).",
+            "(the X-Position of an earlier command): an integer from 0 to 2^63-1.",
         ),
+        # Parsed here (a bad one is a 400, not a 422); absent is "no wait", never null.
+        WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_POSITION}),
     ] = None,
 ) -> int | None:
-    return x_min_position
+    """The parsed header; anything but a 64-bit position is a 400 at once, never a wait.
+    (Async only so that parsing it takes no worker thread.)"""
+    if x_min_position is None:
+        return None
+    text = x_min_position.strip()
+    if _POSITION.fullmatch(text) is None or int(text) > MAX_POSITION:
+        raise Problem(
+            400,
+            "Bad X-Min-Position",
+            f"X-Min-Position must be an integer from 0 to {MAX_POSITION}",
+            type_="bad-min-position",
+        )
+    return int(text)
 
 
 MinPosition = Annotated[int | None, Depends(min_position)]
 
 
-def _await_position(request: Request, kind: str, position: int | None) -> None:
-    if position is None:
-        return
+def _too_many_waits(refused: WaitRefused, limit: int) -> Problem:
+    if refused.per_user:
+        return Problem(
+            429,
+            "Too many waits",
+            f"at most {limit} X-Min-Position reads may wait at once per user",
+            type_="too-many-waits",
+            headers={"Retry-After": "1"},
+        )
+    return Problem(
+        503,
+        "Too many waits",
+        "too many X-Min-Position reads are waiting on this server",
+        type_="too-many-waits",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _await_position(request: Request, user: User, kind: str, position: int | None) -> None:
+    """Return once the ``kind`` view has applied ``position``; 503 after the wait limit."""
     watcher: PositionWatcher = request.app.state.services.positions
+    if position is None or watcher.reached(kind, position):
+        return
+    slots: WaitSlots = request.app.state.read_waits
     timeout: float = request.app.state.read_wait_seconds
-    if not watcher.wait_for(kind, position, timeout):
+    try:
+        with slots.hold(user.id):
+            async with asyncio.timeout(timeout):
+                await watcher.wait(kind, position)
+    except WaitRefused as refused:
+        raise _too_many_waits(refused, slots.max_per_user) from None
+    except TimeoutError:
         raise Problem(
             503,
             "Read model behind",
@@ -76,7 +164,7 @@ def _await_position(request: Request, kind: str, position: int | None) -> None:
             type_="read-model-behind",
             headers={"Retry-After": "1"},
             position=watcher.positions.get(kind, 0),
-        )
+        ) from None
 
 
 def _queries(request: Request) -> ReadModelQueries:
@@ -84,41 +172,113 @@ def _queries(request: Request) -> ReadModelQueries:
     return queries
 
 
-@router.get("/todos", response_model=TodoPage)
-def list_todos(
+@router.get(
+    "/todos",
+    response_model=TodoPage,
+    responses={
+        200: {"headers": {"X-Position": X_POSITION_HEADER}},
+        **problem_responses(
+            400,
+            401,
+            422,
+            429,
+            503,
+            described={
+                **_WAITS,
+                400: "Malformed X-Min-Position (`bad-min-position`), or a cursor issued for "
+                "another query (`invalid-cursor`).",
+            },
+        ),
+    },
+)
+async def list_todos(
     request: Request,
     response: Response,
     user: CurrentUser,
     connect: Connect,
     min_pos: MinPosition,
-    status: Literal["open", "completed"] | None = None,
-    tag: Annotated[Tag | None, Query()] = None,
-    priority: Literal["low", "normal", "high"] | None = None,
-    due_before: AwareDatetime | None = None,
-    due_after: AwareDatetime | None = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    # Absent parameters are "no filter"; none of them takes null, so none is documented so.
+    status: Literal["open", "completed"] | SkipJsonSchema[None] = None,
+    tag: Annotated[Tag | SkipJsonSchema[None], Query()] = None,
+    priority: Literal["low", "normal", "high"] | SkipJsonSchema[None] = None,
+    due_before: Annotated[
+        Instant | SkipJsonSchema[None], Query(description="RFC 3339, with offset.")
+    ] = None,
+    due_after: Annotated[
+        Instant | SkipJsonSchema[None], Query(description="RFC 3339, with offset.")
+    ] = None,
+    q: Annotated[
+        SearchText | SkipJsonSchema[None],
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Case-insensitive, in title and description; no control characters.",
+            json_schema_extra={"pattern": SEARCH_TEXT_PATTERN},
+        ),
+    ] = None,
     sort: Literal[
         "created_at", "-created_at", "due", "-due", "updated_at", "-updated_at"
     ] = "created_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Annotated[
+        str | SkipJsonSchema[None],
+        Query(max_length=1000, description="`next_cursor` of the previous page, same query."),
+    ] = None,
 ) -> TodoPage:
     """The caller's todos, keyset-paginated: pages stay correct while todos are added."""
-    _await_position(request, "todos", min_pos)
+    await _await_position(request, user, "todos", min_pos)
     filters = TodoFilter(status, tag, priority, due_before, due_after, q)
-    try:
-        with connect() as conn:
-            page = _queries(request).list_todos(
-                conn, user.id, filters, sort=sort, limit=limit, cursor=cursor
-            )
-    except InvalidCursor as e:
-        raise Problem(400, "Invalid cursor", str(e), type_="invalid-cursor") from None
+    page = await run_in_threadpool(
+        _read_page, _queries(request), connect, user.id, filters, sort, limit, cursor
+    )
     response.headers["X-Position"] = str(page.position)
     return TodoPage(items=[todo_out(r) for r in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/todos/{todo_id}", response_model=TodoOut)
-def get_todo(
+def _read_page(
+    queries: ReadModelQueries,
+    connect: ConnectionFactory,
+    owner: str,
+    filters: TodoFilter,
+    sort: str,
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    try:
+        with connect() as conn:
+            return queries.list_todos(conn, owner, filters, sort=sort, limit=limit, cursor=cursor)
+    except InvalidCursor as e:
+        raise Problem(400, "Invalid cursor", str(e), type_="invalid-cursor") from None
+
+
+@router.get(
+    "/todos/{todo_id}",
+    response_model=TodoOut,
+    responses={
+        200: {
+            "headers": {
+                "ETag": ETAG_HEADER,
+                # Not on ?as_of_version=N, which reads the event store, not a read model.
+                "X-Position": {**X_POSITION_HEADER, "required": False},
+            }
+        },
+        **problem_responses(
+            400,
+            401,
+            404,
+            410,
+            422,
+            429,
+            503,
+            described={
+                **_WAITS,
+                404: "No such todo of the caller's, or no such version (`not-found`, "
+                "`version-not-found`).",
+            },
+        ),
+    },
+)
+async def get_todo(
     todo_id: UUID,
     request: Request,
     response: Response,
@@ -127,40 +287,67 @@ def get_todo(
     connect: Connect,
     min_pos: MinPosition,
     as_of_version: Annotated[
-        int | None,
-        Query(
-            ge=1, description="Time travel: the state at this version (read from the event store)."
-        ),
+        # The bound inside the union: on it, the document would say `ge`, not `minimum`.
+        Annotated[int, Field(ge=1)] | SkipJsonSchema[None],
+        Query(description="Time travel: the state at this version (read from the event store)."),
     ] = None,
 ) -> TodoOut:
     if as_of_version is not None:
-        todo = app.get_todo(user.id, todo_id, version=as_of_version)
-        response.headers["ETag"] = f'"{todo.version}"'
-        return TodoOut.from_todo(todo)
-    _await_position(request, "todos", min_pos)
-    with connect() as conn, conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = _queries(request).get_todo(conn, user.id, todo_id)
-        position = _queries(request).positions(conn)["todos"]
-    if row is None:
-        raise TodoNotFound(str(todo_id))
-    if row.deleted:
-        raise TodoGone(str(todo_id))
+        return await run_in_threadpool(_past_todo, app, response, user.id, todo_id, as_of_version)
+    await _await_position(request, user, "todos", min_pos)
+    row, position = await run_in_threadpool(
+        _read_todo, _queries(request), connect, user.id, todo_id
+    )
     response.headers["ETag"] = f'"{row.version}"'
     response.headers["X-Position"] = str(position)
     return todo_out(row)
 
 
-@router.get("/stats", response_model=Stats)
-def get_stats(
+def _past_todo(
+    app: TodoApplication, response: Response, owner: str, todo_id: UUID, version: int
+) -> TodoOut:
+    todo = app.get_todo(owner, todo_id, version=version)
+    response.headers["ETag"] = f'"{todo.version}"'
+    return TodoOut.from_todo(todo)
+
+
+def _read_todo(
+    queries: ReadModelQueries, connect: ConnectionFactory, owner: str, todo_id: UUID
+) -> tuple[TodoRow, int]:
+    """The row and the position it reflects, read in one snapshot."""
+    with connect() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        row = queries.get_todo(conn, owner, todo_id)
+        position = queries.positions(conn)["todos"]
+    if row is None:
+        raise TodoNotFound(str(todo_id))
+    if row.deleted:
+        raise TodoGone(str(todo_id))
+    return row, position
+
+
+@router.get(
+    "/stats",
+    response_model=Stats,
+    responses={
+        200: {"headers": {"X-Position": X_POSITION_HEADER}},
+        # 422 cannot happen (no parameter FastAPI validates), but FastAPI documents one
+        # wherever there are parameters: this one at least has the right media type.
+        **problem_responses(400, 401, 422, 429, 503, described=_WAITS),
+    },
+)
+async def get_stats(
     request: Request, response: Response, user: CurrentUser, connect: Connect, min_pos: MinPosition
 ) -> Stats:
     """Open, completed, overdue (open and due before now), total, completed in the last 7 days."""
-    _await_position(request, "stats", min_pos)
-    with connect() as conn:
-        figures = _queries(request).stats(conn, user.id)
+    await _await_position(request, user, "stats", min_pos)
+    figures = await run_in_threadpool(_read_stats, _queries(request), connect, user.id)
     response.headers["X-Position"] = str(figures.pop("position"))
     return Stats(**figures)
 
 
-__all__ = ["datetime", "router"]
+def _read_stats(
+    queries: ReadModelQueries, connect: ConnectionFactory, owner: str
+) -> dict[str, int]:
+    with connect() as conn:
+        return queries.stats(conn, owner)

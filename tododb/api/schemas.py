@@ -2,19 +2,66 @@
 
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from tododb.domain import Todo
-from tododb.domain.invariants import DESCRIPTION_MAX, TAG_MAX, TAGS_MAX, TITLE_MAX
+from tododb.domain.invariants import (
+    DESCRIPTION_MAX,
+    TAG_MAX,
+    TAGS_MAX,
+    TITLE_MAX,
+    clean_due,
+    clean_text,
+)
+
+
+def text_rule(field: str) -> AfterValidator:
+    """The domain's rule for text that becomes data, applied at the edge: a bad field is a
+    422 before the request reaches the application (``InvariantViolation`` is a
+    ``ValueError``, which pydantic reports as a validation error)."""
+
+    def check(value: str) -> str:
+        return clean_text(field, value)
+
+    return AfterValidator(check)
+
 
 PriorityName = Literal["low", "normal", "high"]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=TAG_MAX, pattern=r"^[a-z0-9-]+$")]
-Title = Annotated[str, StringConstraints(max_length=TITLE_MAX * 2)]
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
+Title = Annotated[str, StringConstraints(max_length=TITLE_MAX * 2), text_rule("title")]
+Description = Annotated[
+    str, StringConstraints(max_length=DESCRIPTION_MAX), text_rule("description")
+]
+# The domain's range check, so a date that overflows on its way to UTC is a 422 here.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def rfc3339(value: Any) -> Any:
+    """Only RFC 3339 strings with an offset: lax mode would read ``0`` as the epoch."""
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2030-01-01T00:00:00Z")
+    return value
+
+
+Due = Annotated[AwareDatetime, BeforeValidator(rfc3339), AfterValidator(clean_due)]
 
 
 class StrictModel(BaseModel):
@@ -39,7 +86,7 @@ class TodoCreate(StrictModel):
 
     title: Title = Field(description=f"1-{TITLE_MAX} characters after stripping")
     description: Description = ""
-    due: AwareDatetime | None = None
+    due: Due | None = None
     priority: PriorityName = "normal"
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
 
@@ -54,7 +101,7 @@ class TodoPatch(StrictModel):
 
     title: Title | None = None
     description: Description | None = None
-    due: AwareDatetime | None = None
+    due: Due | None = None
     priority: PriorityName | None = None
     tags: list[Tag] | None = Field(default=None, max_length=TAGS_MAX)
 
@@ -142,13 +189,97 @@ class EventOut(BaseModel):
 
 
 class ProblemOut(BaseModel):
-    """RFC 9457 problem details (``application/problem+json``)."""
+    """RFC 9457 problem details (``application/problem+json``). Some problems carry
+    extension members: ``errors`` (422), ``current_version`` (412), ``position`` (503
+    ``read-model-behind``), ``limit`` (429 ``rate-limited``)."""
 
-    type: str
+    type: str = Field(description="`https://tododb.dev/problems/<kind>`, or `about:blank`")
     title: str
     status: int
     detail: str | None = None
     instance: str | None = None
+
+
+PROBLEM_JSON_SCHEMA: dict[str, Any] = ProblemOut.model_json_schema()
+
+# Response headers, for the OpenAPI document (``responses={200: {"headers": ...}}``).
+ETAG_HEADER: dict[str, Any] = {
+    "description": 'The todo\'s version, quoted (`"3"`): send it back as If-Match.',
+    "required": True,
+    "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+}
+X_POSITION_HEADER: dict[str, Any] = {
+    "description": "Global log position: of the todo's latest event on a command (send it "
+    "as X-Min-Position to read your write); the one the read model reflects on a query.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+LOCATION_HEADER: dict[str, Any] = {
+    "description": "Where the created resource is.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+_BEARER_CHALLENGE = {
+    "description": '`Bearer`, with `error="invalid_token"` for a bad or expired token.',
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("Bad request: a body that is not JSON, or a malformed header or cursor.", {}),
+    401: (
+        "Missing, invalid or expired bearer token (`unauthorized`).",
+        {"WWW-Authenticate": _BEARER_CHALLENGE},
+    ),
+    403: ("The endpoint needs an admin token (`forbidden`).", {}),
+    404: ("Not found; someone else's resource answers the same (`not-found`).", {}),
+    409: ("Conflict (`conflict`).", {}),
+    410: ("The todo was deleted (`deleted`).", {}),
+    412: (
+        "If-Match is not the current version (`precondition-failed`); the ETag header and "
+        "`current_version` give the current one.",
+        {
+            "ETag": {
+                "description": "The current version, quoted.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    ),
+    413: ("The body exceeds the size limit, 1 MiB by default (`too-large`).", {}),
+    422: ("The request failed validation (`validation`), with `errors`.", {}),
+    429: ("Too many requests from this user; see Retry-After.", {"Retry-After": _RETRY_AFTER}),
+    503: (
+        "The database is unreachable (`unavailable`); see Retry-After.",
+        {"Retry-After": _RETRY_AFTER},
+    ),
+}
+
+
+def problem_responses(
+    *statuses: int, described: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the problems an operation can answer: each one
+    ``application/problem+json`` only, with the headers it always carries. ``described``
+    says what a status means for this operation, instead of the general description."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = PROBLEMS[status]
+        response: dict[str, Any] = {
+            "description": (described or {}).get(status, description),
+            "content": {"application/problem+json": {"schema": PROBLEM_JSON_SCHEMA}},
+        }
+        if headers:
+            response["headers"] = headers
+        # A copy each: the document must not share objects its readers may rewrite.
+        responses[status] = copy.deepcopy(response)
+    return responses
 
 
 class Health(BaseModel):

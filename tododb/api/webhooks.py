@@ -12,20 +12,13 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 from tododb.api.auth import CurrentUser
 from tododb.api.deps import Notifications
 from tododb.api.problems import Problem
-from tododb.api.schemas import ProblemOut
+from tododb.api.schemas import LOCATION_HEADER, problem_responses, text_rule
 from tododb.consumers.notifications.store import TooManyWebhooks
 from tododb.infra.egress import refusal
 
 MAX_WEBHOOKS_PER_USER = 20
 
-router = APIRouter(
-    prefix="/v1/webhooks",
-    tags=["webhooks"],
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (401, 404, 409, 422)
-    },
-)
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 WebhookUrl = Annotated[
     AnyHttpUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"])
@@ -36,7 +29,8 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: WebhookUrl
-    secret: str = Field(
+    # Stored in PostgreSQL text and used as UTF-8 key bytes: the domain's text rule.
+    secret: Annotated[str, text_rule("secret")] = Field(
         min_length=16,
         max_length=256,
         description="Shared secret for the `X-Tododb-Signature` HMAC-SHA256.",
@@ -72,7 +66,29 @@ def _out(row: dict[str, Any]) -> WebhookOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookOut,
+    responses={
+        201: {"headers": {"Location": LOCATION_HEADER}},
+        **problem_responses(
+            400,
+            401,
+            409,
+            413,
+            422,
+            503,
+            described={
+                400: "The body is not JSON (not even UTF-8).",
+                409: f"The caller has {MAX_WEBHOOKS_PER_USER} webhooks already "
+                "(`too-many-webhooks`).",
+                422: "The request failed validation (`validation`), or the target is not a "
+                "public address (`webhook-target-refused`).",
+            },
+        ),
+    },
+)
 def create_webhook(
     body: WebhookCreate,
     user: CurrentUser,
@@ -99,12 +115,17 @@ def create_webhook(
     return _out(created)
 
 
-@router.get("", response_model=WebhookList)
+@router.get("", response_model=WebhookList, responses=problem_responses(401, 503))
 def list_webhooks(user: CurrentUser, store: Notifications) -> WebhookList:
     return WebhookList(items=[_out(r) for r in store.webhooks(user.id)])
 
 
-@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{webhook_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 404, 422, 503),
+)
 def delete_webhook(webhook_id: UUID, user: CurrentUser, store: Notifications) -> Response:
     """Stops deliveries; the history of attempts is kept."""
     if not store.delete_webhook(user.id, webhook_id):

@@ -1,11 +1,15 @@
-"""The shared consumer core: a Kafka consumer group with an inbox, retries and a DLQ.
+"""The shared consumer core: a Kafka consumer group with an inbox, retries, a DLQ and
+per-key parking.
 
 Guarantees, per message: its effects and its inbox row commit in one PostgreSQL
 transaction, so a redelivery (the relay re-sends, a crash before the offset commit,
 a rebalance) finds the inbox row and has no second effect. Offsets are committed only
 after handling. A handler that keeps failing is retried with exponential backoff a
 bounded number of times, then the message goes to ``<topic>.<group>.dlq`` with headers
-saying why and where from, and the group carries on with the next message.
+saying why and where from, and its key (the todo id) is *parked* (``consumers.parking``):
+the todo's later messages wait behind it, in order, until an operator retries or skips
+it, while other todos flow on. The group membership (``consumers.group``) bounds every
+broker call and re-joins when the group breaks, so a consumer never wedges.
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ from aiokafka.errors import KafkaError
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tododb.consumers.ddl import apply_ddl
-from tododb.contract import BadEnvelope, TodoEvent, parse_message
-from tododb.infra.kafka import (
-    bootstrap_servers,
-    create_topic,
-    make_consumer,
-    make_producer,
+from tododb.consumers.ddl import apply_ddl, parked_ddl
+from tododb.consumers.group import GroupBroken, GroupMember
+from tododb.consumers.parking import (
+    HANDLED,
+    SKIPPED,
+    ParkedMessage,
+    ParkedStore,
+    ParkingLot,
+    Release,
+    describe,
+    record_key,
 )
+from tododb.contract import BadEnvelope, TodoEvent, parse_message
+from tododb.infra.kafka import bootstrap_servers, make_producer
+from tododb.infra.postgres import RECONNECT_SECONDS
 from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
 from tododb.infra.settings import Settings
 
@@ -55,7 +66,7 @@ DLQ_HEADERS = (
 )
 INFRASTRUCTURE_ERRORS = (psycopg.OperationalError, PoolTimeout)
 """Database outages: retried until they pass, never counted against the message."""
-OUTAGE_BACKOFF = Backoff(0.5, 10.0)
+OUTAGE_BACKOFF = Backoff(0.5, 2.0)
 """Waiting out a database or broker that is down."""
 
 
@@ -82,6 +93,8 @@ class Counters:
     duplicates: int = 0
     dead_lettered: int = 0
     retries: int = 0
+    parked: int = 0
+    """Messages this process parked (heads and those behind them)."""
 
 
 class ConsumerService:
@@ -102,8 +115,16 @@ class ConsumerService:
         self.dlq = dlq_topic(self.topic, self.group_id)
         self.counters = Counters()
         self.pool = AsyncConnectionPool(
-            database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+            database_url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=settings.db_connect_timeout,
+            reconnect_timeout=RECONNECT_SECONDS,  # then reconnect on demand, not on a backoff
         )
+        self.parking = ParkingLot(self.pool, ParkedStore(handler.name, self.group_id))
+        self.member = GroupMember(settings, handler.name, self.topic, self.group_id)
         self._after_commit = after_commit
         self._inbox_insert = SQL(
             "INSERT INTO {}.inbox (event_id, type, sequence) VALUES (%s, %s, %s) "
@@ -114,29 +135,35 @@ class ConsumerService:
 
     async def prepare(self, stop: asyncio.Event) -> None:
         """Create the schema and open the pool, waiting out a database that is down."""
-
-        async def prepare_once() -> None:
-            await asyncio.to_thread(self._create_schema)
-            await self.pool.open(wait=True, timeout=self.settings.db_connect_timeout)
-
         with contextlib.suppress(Stopped):
             await retry_async(
-                prepare_once,
+                self.open,
                 stop=stop,
                 backoff=OUTAGE_BACKOFF,
                 what=f"{self.name}: reaching the database",
                 retry_on=INFRASTRUCTURE_ERRORS,
             )
 
+    async def open(self) -> None:
+        """Create the schema, open the pool and load the parked keys, once (commands
+        such as ``todo consumer retry`` use this: they should fail, not wait)."""
+        await asyncio.to_thread(self._create_schema)
+        await self.pool.open(wait=True, timeout=self.settings.db_connect_timeout)
+        await self.parking.reload()
+
     def _create_schema(self) -> None:
         with psycopg.connect(
             self.database_url, autocommit=True, connect_timeout=self.settings.db_connect_timeout
         ) as conn:
-            apply_ddl(conn, self.handler.name, self.handler.ddl())
+            apply_ddl(conn, self.handler.name, [*self.handler.ddl(), *parked_ddl(self.name)])
 
     @property
     def name(self) -> str:
         return self.handler.name
+
+    def parked_count(self) -> int:
+        """Keys parked in this group (a gauge: as fresh as the in-memory set)."""
+        return len(self.parking.keys)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -145,65 +172,62 @@ class ConsumerService:
         await self.prepare(stop)
         if stop.is_set():
             return
-        consumer = make_consumer(self.settings, self.topic, group_id=self.group_id)
         producer = make_producer(self.settings)
         try:
-            # Create the topic with the configured partitions before subscribing: a
-            # subscription to a missing topic would auto-create it with the broker default.
-            for start, what in (
-                (self._ensure_topic, "topic"),
-                (consumer.start, "consumer"),
-                (producer.start, "DLQ producer"),
-            ):
-                await retry_async(
-                    start, stop=stop, backoff=OUTAGE_BACKOFF, what=f"{self.name}: starting {what}"
-                )
+            await self.member.join(stop)
+            await retry_async(
+                lambda: asyncio.wait_for(producer.start(), self.member.timeout),
+                stop=stop,
+                backoff=OUTAGE_BACKOFF,
+                what=f"{self.name}: starting the DLQ producer",
+            )
             log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
-            await self._loop(consumer, producer, stop)
+            await self._loop(producer, stop)
         except Stopped:
             pass
         finally:
+            await self.member.leave()
             with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+                await asyncio.wait_for(producer.stop(), self.member.timeout)
 
-    async def _ensure_topic(self) -> None:
-        await create_topic(
-            bootstrap_servers(self.settings), self.topic, self.settings.kafka_topic_partitions
-        )
-
-    async def _loop(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
-    ) -> None:
-        failures = 0
+    async def _loop(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=200)
-                failures = 0
-            except KafkaError as e:
-                failures += 1
-                delay = OUTAGE_BACKOFF.delay(failures)
-                log.warning("%s: fetch failed: %r; retrying in %.1fs", self.name, e, delay)
-                await sleep_or_stop(stop, delay)
-                continue
-            handled: dict[TopicPartition, int] = {}
-            for tp, records in batches.items():
-                if not await self._process_records(records, producer, stop):
-                    break  # stopped: the rest is uncommitted, redelivered to the next owner
-                handled[tp] = records[-1].offset + 1
-            if handled:
-                await self._commit(consumer, handled)  # one request for every partition
-            if stop.is_set():
-                return
+                await self._poll(producer, stop)
+            except GroupBroken as e:
+                await self.member.rejoin(stop, e)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as e:
-            # A rebalance took a partition away: its next owner re-reads from the last
-            # committed offset and the inbox drops what was already handled.
-            log.warning("%s: offset commit for %s failed: %r", self.name, list(offsets), e)
+    async def _poll(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        """Fetch, handle and commit one round (one offset commit for every partition)."""
+        batches, generation = await self.member.fetch(stop)
+        await self._refresh_parked(stop)
+        handled: dict[TopicPartition, int] = {}
+        for tp, records in batches.items():
+            if not await self._process_records(records, producer, stop):
+                break  # stopped: the rest is uncommitted, redelivered to the next owner
+            handled[tp] = records[-1].offset + 1
+        if handled:
+            await self.member.commit(handled, generation)
+
+    async def _refresh_parked(self, stop: asyncio.Event) -> None:
+        """Re-read the parked keys after an assignment (they must be known before any
+        message is handled) and every few seconds (keys released by an operator)."""
+        if self.member.assigned.is_set():
+            self.member.assigned.clear()
+            self.parking.invalidate()
+        if self.parking.stale:
+            await retry_async(
+                self.parking.reload,
+                stop=stop,
+                backoff=OUTAGE_BACKOFF,
+                what=f"{self.name}: loading parked keys",
+                retry_on=INFRASTRUCTURE_ERRORS,
+            )
+        elif self.parking.due():
+            try:
+                await self.parking.reload()
+            except INFRASTRUCTURE_ERRORS as e:
+                log.warning("%s: could not refresh the parked keys: %r", self.name, e)
 
     # ---- messages -------------------------------------------------------------------
 
@@ -213,13 +237,15 @@ class ConsumerService:
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
     ) -> bool:
-        """One transaction for a whole fetched batch (one commit, not one per event);
-        if anything in it fails, the batch is redone message by message."""
+        """One transaction for a whole fetched batch (one commit, not one per event),
+        except messages of parked keys, which are parked behind their key; if anything
+        in the batch fails, it is redone message by message."""
         if len(records) > 1:
             try:
                 events = [parse_message(r.value, r.key, r.headers) for r in records]
-                await self._handle_many(events)
-                return True
+                held = [r for r, e in zip(records, events, strict=True) if self._held(e)]
+                await self._handle_many([e for e in events if not self._held(e)])
+                records = held
             except Exception as e:
                 log.info("%s: batch of %d failed (%r); one by one", self.name, len(records), e)
         for record in records:
@@ -227,74 +253,166 @@ class ConsumerService:
                 return False
         return True
 
+    def _held(self, event: TodoEvent) -> bool:
+        return self.parking.holds(event.todo_id)
+
     async def _handle_many(self, events: list[TodoEvent]) -> None:
-        handled = duplicates = 0
+        if not events:
+            return
+        handled = 0
         async with self.pool.connection() as conn, conn.transaction():
             for event in events:
-                cur = await conn.execute(self._inbox_insert, (event.id, event.type, event.sequence))
-                if cur.rowcount == 0:
-                    duplicates += 1
-                    continue
-                await self.handler.handle(conn, event)
-                handled += 1
+                handled += await self._apply(conn, event)
         self.counters.handled += handled
-        self.counters.duplicates += duplicates
+        self.counters.duplicates += len(events) - handled
         if handled and self._after_commit is not None:
             self._after_commit()
+
+    async def _apply(self, conn: AsyncConn, event: TodoEvent) -> bool:
+        """Record the event in the inbox and apply it, in the caller's transaction;
+        False (and no effect) for an event the inbox already has."""
+        cur = await conn.execute(self._inbox_insert, (event.id, event.type, event.sequence))
+        if cur.rowcount == 0:
+            return False
+        await self.handler.handle(conn, event)
+        return True
 
     async def process(
         self, record: ConsumerRecord[bytes, bytes], producer: AIOKafkaProducer, stop: asyncio.Event
     ) -> bool:
-        """Handle or dead-letter the message; False only if stopped before either."""
+        """Handle, park or dead-letter the message; False only if stopped before any."""
+        try:
+            return await self._process(record, producer, stop)
+        except Stopped:
+            return False
+
+    async def _process(
+        self, record: ConsumerRecord[bytes, bytes], producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> bool:
         try:
             event = parse_message(record.value, record.key, record.headers)
         except BadEnvelope as e:
-            # Retrying cannot fix the bytes of a message: straight to the DLQ.
-            log.error("%s: bad message at %s/%s: %s", self.name, record.partition, record.offset, e)
-            return await self.dead_letter(record, e, 1, producer, stop)
+            return await self._bad_envelope(record, e, producer, stop)
+        if self._held(event) and await self._park_behind(record, event.todo_id, event.id, stop):
+            return True
+        error, attempts = await self._handle_with_retries(event, stop)
+        if error is None:
+            return True
+        return await self._fail(record, event.todo_id, event.id, error, attempts, producer, stop)
+
+    async def _bad_envelope(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        error: BadEnvelope,
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Retrying cannot fix the bytes of a message: straight to the DLQ (unless its
+        key, the only todo id it has, is parked: then behind it)."""
+        key = record_key(record)
+        if key is not None and self.parking.holds(key):
+            parked = await self._park_behind(record, key, None, stop)
+            if parked:
+                return True
+        log.error("%s: bad message at %s/%s: %s", self.name, record.partition, record.offset, error)
+        return await self._fail(record, key, None, error, 1, producer, stop)
+
+    async def _handle_with_retries(
+        self, event: TodoEvent, stop: asyncio.Event
+    ) -> tuple[Exception | None, int]:
+        """Handle the event; the last error and the attempts once they are used up."""
         attempt = 0
-        while not stop.is_set():
-            attempt += 1
+        while True:
             try:
                 await self._handle_once(event)
-                return True
-            except INFRASTRUCTURE_ERRORS as e:
-                attempt -= 1  # not the message's fault
+                return None, attempt + 1
+            except INFRASTRUCTURE_ERRORS as e:  # not the message's fault: not an attempt
                 log.warning("%s: database unavailable: %r", self.name, e)
-                await sleep_or_stop(stop, OUTAGE_BACKOFF.delay(2))
+                delay = OUTAGE_BACKOFF.delay(2)
             except Exception as e:
+                attempt += 1
                 if attempt >= self.settings.consumer_max_attempts:
                     log.error(
-                        "%s: event %s failed %d times; dead-lettering: %r",
-                        self.name,
-                        event.id,
-                        attempt,
-                        e,
+                        "%s: event %s of todo %s failed %d times; dead-lettering and "
+                        "parking the todo: %r",
+                        *(self.name, event.id, event.todo_id, attempt, e),
                     )
-                    return await self.dead_letter(record, e, attempt, producer, stop)
-                self.counters.retries += 1
-                delay = Backoff(self.settings.consumer_backoff_seconds, 30.0).delay(attempt)
-                log.warning(
-                    "%s: event %s failed (attempt %d): %r; retrying in %.2fs",
-                    self.name,
-                    event.id,
-                    attempt,
-                    e,
-                    delay,
-                )
-                await sleep_or_stop(stop, delay)
-        return False
+                    return e, attempt
+                delay = self._retry_delay(event, attempt, e)
+            if await sleep_or_stop(stop, delay):
+                raise Stopped(f"{self.name}: handling {event.id}")
+
+    def _retry_delay(self, event: TodoEvent, attempt: int, error: Exception) -> float:
+        self.counters.retries += 1
+        delay = Backoff(self.settings.consumer_backoff_seconds, 30.0).delay(attempt)
+        log.warning(
+            "%s: event %s failed (attempt %d): %r; retrying in %.2fs",
+            *(self.name, event.id, attempt, error, delay),
+        )
+        return delay
 
     async def _handle_once(self, event: TodoEvent) -> None:
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(self._inbox_insert, (event.id, event.type, event.sequence))
-            if cur.rowcount == 0:
-                self.counters.duplicates += 1
-                return
-            await self.handler.handle(conn, event)
+            handled = await self._apply(conn, event)
+        if not handled:
+            self.counters.duplicates += 1
+            return
         self.counters.handled += 1
         if self._after_commit is not None:
             self._after_commit()
+
+    # ---- failures: the DLQ and parking ------------------------------------------------
+
+    async def _fail(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        key: str | None,
+        event_id: str | None,
+        error: BaseException,
+        attempts: int,
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Dead-letter the message, then park its key behind it (a keyless message has
+        no todo to hold back: it is only dead-lettered)."""
+        if not await self.dead_letter(record, error, attempts, producer, stop):
+            return False
+        if key is not None:
+            await self._outlasting_outages(
+                lambda: self.parking.park_head(record, key, event_id, describe(error), attempts),
+                stop,
+                "parking",
+            )
+            self.counters.parked += 1
+            log.error("%s: todo %s parked behind %s", self.name, key, _where(record))
+        return True
+
+    async def _park_behind(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        key: str,
+        event_id: str | None,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Append the message behind its parked key; False if the key was released."""
+        parked: bool = await self._outlasting_outages(
+            lambda: self.parking.park_behind(record, key, event_id), stop, "parking"
+        )
+        if parked:
+            self.counters.parked += 1
+            log.info("%s: %s parked behind todo %s", self.name, _where(record), key)
+        return parked
+
+    async def _outlasting_outages(
+        self, operation: Callable[[], Any], stop: asyncio.Event, what: str
+    ) -> Any:
+        return await retry_async(
+            operation,
+            stop=stop,
+            backoff=OUTAGE_BACKOFF,
+            what=f"{self.name}: {what}",
+            retry_on=INFRASTRUCTURE_ERRORS,
+        )
 
     async def dead_letter(
         self,
@@ -305,29 +423,100 @@ class ConsumerService:
         stop: asyncio.Event,
     ) -> bool:
         """Publish to the DLQ, retrying until the broker takes it (else no offset commit)."""
-        headers = [(k, v) for k, v in (record.headers or ()) if k not in DLQ_HEADERS]
-        headers += [
-            (DLQ_ERROR, f"{type(error).__name__}: {error}"[:1000].encode()),
+        headers = self._dlq_headers(record, error, attempts)
+        try:
+            await retry_async(
+                lambda: asyncio.wait_for(
+                    producer.send_and_wait(self.dlq, record.value, key=record.key, headers=headers),
+                    self.member.timeout,
+                ),
+                stop=stop,
+                backoff=OUTAGE_BACKOFF,
+                what=f"{self.name}: DLQ publish",
+                retry_on=(KafkaError, TimeoutError),
+            )
+        except Stopped:
+            return False
+        self.counters.dead_lettered += 1
+        return True
+
+    def _dlq_headers(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, attempts: int
+    ) -> list[tuple[str, bytes]]:
+        """The message's own headers, plus why and where from (replacing earlier ones)."""
+        own = [(k, v) for k, v in (record.headers or ()) if k not in DLQ_HEADERS]
+        return [
+            *own,
+            (DLQ_ERROR, describe(error).encode()),
             (DLQ_ATTEMPTS, str(attempts).encode()),
             (DLQ_ORIGIN_TOPIC, record.topic.encode()),
             (DLQ_ORIGIN_PARTITION, str(record.partition).encode()),
             (DLQ_ORIGIN_OFFSET, str(record.offset).encode()),
             (DLQ_GROUP, self.group_id.encode()),
         ]
-        try:
-            await retry_async(
-                lambda: producer.send_and_wait(
-                    self.dlq, record.value, key=record.key, headers=headers
-                ),
-                stop=stop,
-                backoff=OUTAGE_BACKOFF,
-                what=f"{self.name}: DLQ publish",
-                retry_on=(KafkaError,),
-            )
-        except Stopped:
-            return False
-        self.counters.dead_lettered += 1
+
+    # ---- operators: retry and skip parked keys ----------------------------------------
+
+    async def retry_parked(self, key: str) -> Release:
+        """Re-handle the key's parked messages in order, each through the handler and the
+        inbox in one transaction with its row's new status; the key is released when none
+        is left. A failure keeps the key parked at that message, with the new error."""
+        release = Release(key)
+        while await self._retry_head(release):
+            pass
+        if release.released:
+            self.parking.keys.discard(key)
+        release.remaining = sum(m.status == "parked" for m in await self.parking.messages(key))
+        return release
+
+    async def skip_parked(self, key: str) -> Release:
+        """Give up on the key's head (kept as 'skipped'), then retry the rest in order."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await self.parking.store.lock(conn, key)
+            head = await self.parking.store.head(conn, key)
+            if head is not None:
+                await self.parking.store.resolve(conn, head.id, SKIPPED)
+                log.warning("%s: skipped %s of todo %s", self.name, _where(head), key)
+        release = await self.retry_parked(key)
+        release.skipped = int(head is not None)
+        return release
+
+    async def _retry_head(self, release: Release) -> bool:
+        """Re-handle the key's head; True if there may be more to do."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await self.parking.store.lock(conn, release.key)
+            head = await self.parking.store.head(conn, release.key)
+            if head is None:
+                release.released = True
+                return False
+            error = await self._rehandle(conn, head)
+            if error is not None:
+                await self.parking.store.failed(conn, head.id, describe(error))
+                release.error = describe(error)
+                return False
+            await self.parking.store.resolve(conn, head.id, HANDLED)
+        release.handled += 1
+        if self._after_commit is not None:
+            self._after_commit()
         return True
+
+    async def _rehandle(self, conn: AsyncConn, message: ParkedMessage) -> Exception | None:
+        """Handle a parked message as it first came, in a savepoint (so a failure leaves
+        the transaction usable to record it); the error, if any."""
+        try:
+            async with conn.transaction():
+                event = parse_message(message.value, message.kafka_key, message.headers)
+                await self._apply(conn, event)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as e:
+            log.error("%s: parked %s failed again: %r", self.name, _where(message), e)
+            return e
+        return None
+
+
+def _where(message: ConsumerRecord[bytes, bytes] | ParkedMessage) -> str:
+    return f"{message.topic}/{message.partition}/{message.offset}"
 
 
 async def redrive(settings: Settings, group: str, *, wait_seconds: float = 30.0) -> int:

@@ -5,10 +5,30 @@ from __future__ import annotations
 import asyncio
 
 from tododb.consumers.analytics.handler import AnalyticsHandler
-from tododb.consumers.core import ConsumerService
+from tododb.consumers.core import ConsumerService, Handler
 from tododb.consumers.notifications.delivery import DeliveryWorker
 from tododb.consumers.notifications.handler import NotificationsHandler
 from tododb.infra.settings import Settings
+
+CONSUMERS = ("notifications", "analytics")
+"""The consumers this package runs; each is also its default group and its schema."""
+
+
+def handler_for(consumer: str) -> Handler:
+    """A fresh handler of the named consumer (``notifications`` or ``analytics``)."""
+    if consumer == "notifications":
+        return NotificationsHandler()
+    if consumer == "analytics":
+        return AnalyticsHandler()
+    raise ValueError(f"unknown consumer {consumer!r}; one of {', '.join(CONSUMERS)}")
+
+
+def consumer_service(
+    settings: Settings, database_url: str, consumer: str, group_id: str | None = None
+) -> ConsumerService:
+    """The consumer core with the named consumer's handler, for operators' commands
+    (parked keys, retry, skip) that must handle messages exactly as the consumer does."""
+    return ConsumerService(settings, database_url, handler_for(consumer), group_id=group_id)
 
 
 class NotificationsService:

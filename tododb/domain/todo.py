@@ -21,6 +21,7 @@ from tododb.domain.invariants import (
     clean_priority,
     clean_tags,
     clean_title,
+    clean_user_id,
 )
 
 # Namespace for ids derived from (owner, Idempotency-Key): a retried create maps to
@@ -98,14 +99,12 @@ class Todo(Aggregate):
         tags: Iterable[str] = (),
         id: UUID | None = None,
     ) -> Todo:
-        if not owner:
-            raise ValueError("owner is required")
         # _create() is the library's way to pass an explicit id (a deterministic one
         # for idempotent creates); uuid4 otherwise, as Aggregate.create_id() does.
         return cls._create(
             cls.Created,
             id=id or uuid4(),
-            owner=owner,
+            owner=clean_user_id(owner),
             title=clean_title(title),
             description=clean_description(description),
             due=None if due is None else clean_due(due),

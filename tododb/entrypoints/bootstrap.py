@@ -7,7 +7,7 @@ the parts themselves are handed what they need and never call back here.
 
 from __future__ import annotations
 
-from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 from fastapi import FastAPI
 
@@ -16,7 +16,7 @@ from tododb.api.positions import PositionWatcher
 from tododb.application import TodoApplication
 from tododb.consumers.analytics.store import AnalyticsStore
 from tododb.consumers.notifications.store import NotificationsStore
-from tododb.eventstore import AppendOnlyApplicationRecorder
+from tododb.eventstore import AppendOnlyApplicationRecorder, TodoPostgresFactory
 from tododb.infra.postgres import ConnectionFactory, eventsourcing_env
 from tododb.infra.settings import Settings
 from tododb.projections.admin import ProjectionsAdmin
@@ -25,19 +25,15 @@ from tododb.projections.registry import ReadSide
 from tododb.relay.service import TRACKING_ENV_NAME, Relay
 from tododb.relay.status import RelayStatusReader
 
-RECORDER_TOPIC = "tododb.eventstore:AppendOnlyApplicationRecorder"
-
 
 def application_env(settings: Settings, database_url: str) -> dict[str, str]:
-    env = eventsourcing_env(
+    return eventsourcing_env(
         database_url,
         schema=settings.db_schema,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_max_overflow,
         connect_timeout=settings.db_connect_timeout,
     )
-    env["APPLICATION_RECORDER_TOPIC"] = RECORDER_TOPIC
-    return env
 
 
 def build_application(settings: Settings, database_url: str) -> TodoApplication:
@@ -58,7 +54,7 @@ def build_relay(
     env = Environment(TRACKING_ENV_NAME, application_env(settings, database_url))
     env["POSTGRES_POOL_SIZE"] = "2"
     env["POSTGRES_MAX_OVERFLOW"] = "2"
-    tracking = PostgresFactory(env).tracking_recorder()
+    tracking = TodoPostgresFactory(env).tracking_recorder()
     assert isinstance(tracking, PostgresTrackingRecorder)
     owns_app = app is None
     app = app or build_application(settings, database_url)
@@ -85,6 +81,7 @@ def build_api_services(
         analytics=AnalyticsStore(connect),
         projections=ProjectionsAdmin(read_side, todo_app.head_position),
         relay_status=RelayStatusReader(connect, settings.db_schema),
+        database_url=read_side.database_url,
     )
 
 

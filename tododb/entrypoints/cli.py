@@ -114,6 +114,7 @@ def _start_dev_broker(settings: Settings, env: dict[str, str]) -> TansuBroker | 
     broker = TansuBroker(log_path=settings.data_dir.resolve() / "tansu.log").start()
     env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
     env["TODO_KAFKA_IDEMPOTENCE"] = "false"  # Tansu rejects InitProducerId
+    env["TODO_RELAY_REPUBLISH_ON_LOSS"] = "true"  # its memory store forgets on restart
     console.print(f"[bold]Kafka-compatible broker[/] (Tansu) at {broker.bootstrap_servers}")
     return broker
 

@@ -1,10 +1,12 @@
-"""`todo consumer ...`: the notification and analytics consumers, and DLQ redrive."""
+"""`todo consumer ...`: the notification and analytics consumers, DLQ redrive, and the
+parked keys (list, retry, skip)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,8 +19,40 @@ dlq_app = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
 
+if TYPE_CHECKING:
+    from tododb.consumers.core import ConsumerService
+
+GroupArg = Annotated[str, typer.Argument(help="Consumer group, e.g. notifications.")]
+KeyArg = Annotated[str, typer.Argument(help="The parked key: a todo id.")]
+ConsumerOpt = Annotated[
+    str | None,
+    typer.Option(help="notifications or analytics; default: GROUP, when it is one of them."),
+]
+
+
 def _database_url() -> str:
     return resolve_database_url(get_settings(), embedded_ok=False)
+
+
+def _on_parking(
+    group: str, consumer: str | None, action: Callable[[ConsumerService], Awaitable[Any]]
+) -> Any:
+    """Run ``action`` on GROUP's consumer core (its handler, inbox and parked table)."""
+    from tododb.consumers.runner import CONSUMERS, consumer_service
+
+    name = consumer or group
+    if name not in CONSUMERS:
+        raise typer.BadParameter(f"give --consumer ({' or '.join(CONSUMERS)}) for group {group}")
+
+    async def main() -> Any:
+        service = consumer_service(get_settings(), _database_url(), name, group_id=group)
+        try:
+            await service.open()
+            return await action(service)
+        finally:
+            await service.close()
+
+    return asyncio.run(main())
 
 
 @app.command()
@@ -53,3 +87,33 @@ def redrive(
     settings = get_settings()
     moved = asyncio.run(redrive_(settings, group))
     typer.echo(json.dumps({"redriven": moved, "dlq": dlq_topic(settings.kafka_topic, group)}))
+
+
+@app.command()
+def parked(group: GroupArg, consumer: ConsumerOpt = None) -> None:
+    """List GROUP's parked keys: how many messages wait, and why the first one failed."""
+    configure_logging()
+    keys = _on_parking(group, consumer, lambda service: service.parking.summary())
+    typer.echo(json.dumps({"group": group, "parked": [k.as_json() for k in keys]}))
+
+
+@app.command()
+def retry(group: GroupArg, key: KeyArg, consumer: ConsumerOpt = None) -> None:
+    """Handle KEY's parked messages again, in order; the key is released when all pass.
+
+    Exits 1 if one fails again: it stays parked there, with its new error."""
+    configure_logging()
+    release = _on_parking(group, consumer, lambda service: service.retry_parked(key))
+    typer.echo(json.dumps({"group": group, **release.as_json()}))
+    raise typer.Exit(0 if release.released else 1)
+
+
+@app.command()
+def skip(group: GroupArg, key: KeyArg, consumer: ConsumerOpt = None) -> None:
+    """Give up on KEY's first parked message (kept as 'skipped'), then retry the rest.
+
+    Exits 1 if one of the rest fails: the key stays parked there."""
+    configure_logging()
+    release = _on_parking(group, consumer, lambda service: service.skip_parked(key))
+    typer.echo(json.dumps({"group": group, **release.as_json()}))
+    raise typer.Exit(0 if release.released else 1)

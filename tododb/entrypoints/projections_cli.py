@@ -1,11 +1,13 @@
-"""`todo projections run | rebuild NAME | status`."""
+"""`todo projections run | rebuild NAME | status | quarantine NAME | retry|skip NAME TODO_ID`."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -21,7 +23,12 @@ from rich.table import Table
 
 from tododb.projections.registry import KINDS, ReadSide
 
-app = typer.Typer(help="Read models: run the projections, rebuild, status.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from tododb.projections.admin import ProjectionsAdmin, Resolution
+
+app = typer.Typer(
+    help="Read models: run the projections, rebuild, status, quarantine.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -73,8 +80,7 @@ def rebuild_command(
     """Replay the whole log into a fresh copy of NAME, then swap it in atomically."""
     from tododb.projections.rebuild import RebuildInProgress, rebuild
 
-    if name not in KINDS:
-        raise typer.BadParameter(f"unknown projection {name!r}; known: {', '.join(KINDS)}")
+    _check(name)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -110,19 +116,87 @@ def rebuild_command(
 
 @app.command("status")
 def status() -> None:
-    """Each projection's position, the head of the log, lag and state."""
-    from tododb.projections.status import projection_status
+    """Each projection's position, the head of the log, lag, state and quarantined todos."""
+    columns = ("name", "generation", "position", "head", "lag", "state", "quarantined")
+    table = Table(title="projections")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "state") else "right")
+    for s in _admin().status():
+        table.add_row(*(str(getattr(s, column)) for column in columns))
+    console.print(table)
+
+
+@app.command("quarantine")
+def quarantine(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")]) -> None:
+    """The todos whose events NAME has quarantined: the failed event, why, how many held."""
+    _check(name)
+    table = Table(title=f"{name}: quarantined todos")
+    for column in ("todo", "version", "position", "topic", "held", "error"):
+        table.add_column(column, overflow="fold")
+    for t in _admin().quarantine(name):
+        row = (t.todo_id, t.version, t.position, t.topic, t.held, t.error)
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command("retry")
+def retry(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")],
+    todo_id: Annotated[UUID, typer.Argument(help="The quarantined todo.")],
+) -> None:
+    """Apply TODO_ID's quarantined events again, after a fix."""
+    _check(name)
+    _report(lambda admin: admin.retry(name, todo_id))
+
+
+@app.command("skip")
+def skip(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")],
+    todo_id: Annotated[UUID, typer.Argument(help="The quarantined todo.")],
+) -> None:
+    """Record TODO_ID's failing event as skipped, then apply the events held behind it."""
+    _check(name)
+    _report(lambda admin: admin.skip(name, todo_id))
+
+
+def _admin() -> ProjectionsAdmin:
+    """The admin API's facade, on this command's database."""
+    from tododb.projections.admin import ProjectionsAdmin
 
     read_side = _read_side()
     read_side.ensure()
-    todo_app = read_side.application(pool_size=1)
+
+    def head() -> int:
+        todo_app = read_side.application(pool_size=1)
+        try:
+            return todo_app.head_position()
+        finally:
+            todo_app.close()
+
+    return ProjectionsAdmin(read_side, head)
+
+
+def _check(name: str) -> None:
+    if name not in KINDS:
+        raise typer.BadParameter(f"unknown projection {name!r}; known: {', '.join(KINDS)}")
+
+
+def _report(action: Callable[[ProjectionsAdmin], Resolution]) -> None:
+    """Run a retry or skip; exit 1 if there was nothing to do, 2 if an event failed again."""
+    from tododb.projections.admin import NothingToResolve, NotQuarantined
+
     try:
-        head = todo_app.head_position()
-    finally:
-        todo_app.close()
-    table = Table(title="projections")
-    for column in ("name", "generation", "position", "head", "lag", "state"):
-        table.add_column(column, justify="right" if column not in ("name", "state") else "left")
-    for s in projection_status(read_side, head):
-        table.add_row(s.name, str(s.generation), str(s.position), str(s.head), str(s.lag), s.state)
-    console.print(table)
+        done = action(_admin())
+    except (NotQuarantined, NothingToResolve) as e:
+        console.print(f"[red]{e}")
+        raise typer.Exit(1) from None
+    console.print(f"{done.todo_id}: {done.applied} events applied")
+    if done.quarantined is None:
+        console.print("released")
+        return
+    head = done.quarantined
+    console.print(
+        f"[red]still quarantined at version {head.version} (position {head.position}, "
+        f"{head.held} held): {head.error}"
+    )
+    raise typer.Exit(2)

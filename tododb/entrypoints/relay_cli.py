@@ -1,10 +1,12 @@
-"""`todo relay ...`: run the relay, show its position, re-publish history."""
+"""`todo relay ...`: run the relay, show its position, re-publish history, and list, retry
+or skip the events it quarantined."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Annotated
+from uuid import UUID
 
 import typer
 
@@ -35,7 +37,7 @@ def run() -> None:
 
 @app.command()
 def status() -> None:
-    """Print the relay's position, the log's head and the lag, as JSON."""
+    """Print the relay's position, the log's head, the lag and the quarantined count, as JSON."""
     from tododb.relay.status import relay_status
 
     settings = get_settings()
@@ -62,3 +64,56 @@ def replay(
     finally:
         relay.close()
     typer.echo(json.dumps({"republished": sent, "from": from_, "topic": relay.topic}))
+
+
+@app.command()
+def quarantine(
+    all_: Annotated[
+        bool, typer.Option("--all", help="Also the events already skipped or released.")
+    ] = False,
+) -> None:
+    """List the events the relay could not publish, and those held behind them, as JSON."""
+    from tododb.entrypoints.bootstrap import build_relay
+
+    relay = build_relay(get_settings(), _database_url())
+    try:
+        relay.store.create()
+        rows = relay.store.rows(everything=all_)
+    finally:
+        relay.close()
+    typer.echo(json.dumps(rows))
+
+
+_WAIT = typer.Option(help="Seconds to wait for it to be applied (it stays asked for after).")
+
+
+@app.command()
+def retry(todo_id: UUID, wait: Annotated[float, _WAIT] = 60.0) -> None:
+    """Encode a todo's quarantined events again and publish them in order (after a fix)."""
+    _resolve(todo_id, "retry", wait)
+
+
+@app.command()
+def skip(todo_id: UUID, wait: Annotated[float, _WAIT] = 60.0) -> None:
+    """Give up a todo's quarantined event for good and publish the events held behind it."""
+    _resolve(todo_id, "skip", wait)
+
+
+def _resolve(todo_id: UUID, action: str, wait: float) -> None:
+    """Asks the active relay (or, with none running, does it here under the relay's lock);
+    exit 1 if the todo has nothing quarantined, 2 if it was not applied within ``wait``."""
+    from tododb.entrypoints.bootstrap import build_relay
+    from tododb.relay.service import NothingQuarantined
+
+    configure_logging()
+    relay = build_relay(get_settings(), _database_url())
+    try:
+        outcome = asyncio.run(relay.request(todo_id, action, wait=wait))
+    except NothingQuarantined as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        relay.close()
+    typer.echo(json.dumps(outcome))
+    if not outcome["applied"]:
+        raise typer.Exit(2)

@@ -125,3 +125,31 @@ async def create_topic(
         message = error[2] if len(error) > 2 else None
         raise for_code(code)(f"creating topic {topic!r}: {message or 'error ' + str(code)}")
     return True
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Where each partition of *topic* ends (the offset its next record would get).
+
+    An empty dict if the topic does not exist. A consumer without a group, so it joins
+    nothing and commits nothing; the relay compares this with what the broker acked.
+
+    Raises:
+        aiokafka.errors.KafkaError: the broker could not be asked.
+    """
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings),
+        enable_auto_commit=False,
+        request_timeout_ms=max(settings.kafka_request_timeout_ms, 5_000),
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fresh metadata: a restarted broker may have lost the topic
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            return {}
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()

@@ -7,8 +7,23 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
+from eventsourcing.persistence import PersistenceError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow
+
+RECONNECT_SECONDS = 1.0
+"""How long a pool's background task keeps retrying one dead connection. After that the
+slot is given up and the next request connects at once (psycopg_pool grows the pool for
+waiting clients), so service resumes as soon as the database answers again, however long
+the outage was; psycopg_pool's own backoff, uncapped, doubles up to minutes."""
+
+
+class DatabaseUnavailable(PersistenceError):
+    """No connection could be had within the pool timeout: the database is unreachable.
+
+    Deliberately not the library's ``OperationalError``, which its recorders retry ten
+    times; one wait of ``POSTGRES_CONNECT_TIMEOUT`` is the whole budget of a request.
+    """
 
 
 def eventsourcing_env(
@@ -22,7 +37,7 @@ def eventsourcing_env(
     """Translate a libpq URL into the ``eventsourcing`` library's POSTGRES_* settings."""
     params: dict[str, Any] = conninfo_to_dict(database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "tododb.eventstore:TodoPostgresFactory",
         "POSTGRES_DBNAME": str(params.get("dbname") or "postgres"),
         "POSTGRES_HOST": str(params.get("host") or "127.0.0.1"),
         "POSTGRES_PORT": str(params.get("port") or "5432"),

@@ -27,6 +27,34 @@ class Settings(BaseSettings):
     read_wait_seconds: float = Field(
         default=5.0, gt=0, le=60, description="How long X-Min-Position may wait."
     )
+    read_wait_max: int = Field(
+        default=1000,
+        ge=1,
+        description="X-Min-Position waits pending at once per API process; more answer 503.",
+    )
+    read_wait_max_per_user: int = Field(
+        default=20, ge=1, description="X-Min-Position waits pending at once per user; more 429."
+    )
+    rate_limit_enabled: bool = Field(
+        default=True, description="Per-user token buckets for commands and queries (429)."
+    )
+    rate_limit_commands_per_second: float = Field(
+        default=20.0, gt=0, description="Commands (POST/PUT/PATCH/DELETE) per user per second."
+    )
+    rate_limit_commands_burst: int = Field(
+        default=100, ge=1, description="Commands a user may send at once after a quiet spell."
+    )
+    rate_limit_queries_per_second: float = Field(
+        default=50.0, gt=0, description="Queries (GET/HEAD) per user per second."
+    )
+    rate_limit_queries_burst: int = Field(
+        default=200, ge=1, description="Queries a user may send at once after a quiet spell."
+    )
+    rate_limit_max_users: int = Field(
+        default=100_000,
+        ge=1,
+        description="Users whose buckets a process keeps; the least recently seen go first.",
+    )
     db_pool_size: int = Field(default=10, ge=1)
     db_pool_max_overflow: int = Field(default=10, ge=0)
     db_connect_timeout: int = Field(
@@ -66,7 +94,9 @@ class Settings(BaseSettings):
         le=16,
         description="Processes decoding events into CloudEvents; 0 decodes in the relay.",
     )
-    relay_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    relay_backoff_max_seconds: float = Field(
+        default=2.0, gt=0, description="Cap of the relay's retry delays: it resumes within it."
+    )
     consumer_max_attempts: int = Field(
         default=5, ge=1, description="Handler attempts before a message goes to the DLQ."
     )
@@ -87,6 +117,16 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Consecutive failures that open an endpoint's circuit."
     )
     webhook_circuit_cooldown_seconds: float = Field(default=60.0, ge=0)
+    relay_republish_on_loss: bool = Field(
+        default=False,
+        description=(
+            "When the broker lost records it had acknowledged (an in-memory broker "
+            "restarted), re-publish the whole log from position 1; `todo dev` sets it."
+        ),
+    )
+    relay_loss_check_seconds: float = Field(
+        default=30.0, gt=0, description="How often the relay compares the topic with its acks."
+    )
 
     def resolved_jwt_secret(self) -> str:
         """The configured secret, else a per-data-dir random one made on first use."""

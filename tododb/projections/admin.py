@@ -1,16 +1,42 @@
-"""What the admin API may do to the read models: status, and rebuilds it can follow."""
+"""What the admin API may do to the read models: status, rebuilds it can follow, and the
+quarantine (list, retry, skip; see ``quarantine``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
+from uuid import UUID
 
 from tododb.infra.leadership import lock_holders
+from tododb.projections.quarantine import (
+    NothingToResolve,
+    NotQuarantined,
+    QuarantinedTodo,
+    Resolution,
+    quarantined_todos,
+    read_todo_events,
+)
 from tododb.projections.rebuild import RebuildInProgress, rebuild, request_rebuild
 from tododb.projections.rebuild_log import RebuildLog, RebuildRow
 from tododb.projections.registry import KINDS, ReadSide
-from tododb.projections.status import ProjectionStatus, projection_status
+from tododb.projections.status import (
+    ProjectionStatus,
+    projection_status,
+    quarantine_table,
+    quarantined_counts,
+)
+
+__all__ = [
+    "NotQuarantined",
+    "NothingToResolve",
+    "ProjectionsAdmin",
+    "QuarantinedTodo",
+    "RebuildAlreadyRunning",
+    "Resolution",
+    "UnknownProjection",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +64,7 @@ class ProjectionsAdmin:
 
     def start_rebuild(self, name: str) -> RebuildRow:
         """Register a rebuild of ``name`` and run it in a daemon thread; its row, pending."""
-        if name not in KINDS:
-            raise UnknownProjection(f"unknown projection {name!r}; known: {', '.join(KINDS)}")
+        _check(name)
         with self.read_side.connect() as conn:
             if lock_holders(conn, f"rebuild:{name}"):
                 raise RebuildAlreadyRunning(f"{name} is already being rebuilt")
@@ -55,6 +80,38 @@ class ProjectionsAdmin:
     def get_rebuild(self, name: str, rebuild_id: str) -> RebuildRow | None:
         return self.rebuilds.get(name, rebuild_id)
 
+    def quarantined_counts(self) -> dict[str, int]:
+        """Quarantined todos per projection, in its live generation: a gauge for /metrics."""
+        return quarantined_counts(self.read_side)
+
+    def quarantine(self, name: str) -> list[QuarantinedTodo]:
+        """The live generation's quarantined todos, in log order."""
+        _check(name)
+        table = quarantine_table(name, self.read_side.active_generation(name))
+        with self.read_side.connect() as conn:
+            return quarantined_todos(conn, self.read_side.schema, table)
+
+    def retry(self, name: str, todo_id: UUID) -> Resolution:
+        """Apply the todo's quarantined events again (after a fix); NotQuarantined if it
+        never was, NothingToResolve if it is not now."""
+        return self._resolve(name, todo_id, skip=False)
+
+    def skip(self, name: str, todo_id: UUID) -> Resolution:
+        """Record the todo's failing event as skipped, then apply the ones held behind it."""
+        return self._resolve(name, todo_id, skip=True)
+
+    def _resolve(self, name: str, todo_id: UUID, *, skip: bool) -> Resolution:
+        """Done here, not by the worker: the quarantine's lock serialises the two, so the
+        answer can say what happened even when no worker runs."""
+        _check(name)
+        view = self.read_side.open_view(name, self.read_side.active_generation(name))
+        app = self.read_side.application(pool_size=1)
+        try:
+            return view.resolve(todo_id, partial(read_todo_events, app), skip=skip)
+        finally:
+            view.datastore.close()
+            app.close()
+
     def _run(self, name: str, rebuild_id: str) -> None:
         """The thread's body: nobody awaits it, so its failures go to the log (and the row)."""
         try:
@@ -63,3 +120,8 @@ class ProjectionsAdmin:
             log.warning("rebuild %s of %s: another rebuild started first", rebuild_id, name)
         except Exception:
             log.exception("rebuild %s of %s failed", rebuild_id, name)
+
+
+def _check(name: str) -> None:
+    if name not in KINDS:
+        raise UnknownProjection(f"unknown projection {name!r}; known: {', '.join(KINDS)}")

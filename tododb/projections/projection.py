@@ -3,7 +3,9 @@
 The runner hands over one event at a time; a writer thread applies whatever has queued
 up in one transaction (with the tracking record of its last event). Under light load
 that is one event per transaction and lowest latency; under heavy load batches grow by
-themselves, so the view keeps up instead of falling behind.
+themselves, so the view keeps up instead of falling behind. An event the view cannot
+apply is quarantined by the view itself (``TodoRowsView.apply``), in the batch's own
+transaction; only an infrastructure error stops the writer, and so the runner.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -82,18 +82,34 @@ def _encode_cursor(sort: str, filters: TodoFilter, row: TodoRow) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, sort: str, filters: TodoFilter) -> tuple[str, UUID]:
+def _decode_cursor(
+    cursor: str, sort: str, filters: TodoFilter
+) -> tuple[str | datetime, UUID]:
+    """The cursor's position; ``InvalidCursor`` for anything this API did not issue.
+
+    Cursors are not signed, so the value is parsed here into an aware UTC instant (what
+    ``_encode_cursor`` writes) and handed to PostgreSQL as a typed parameter: a forged
+    value can never reach the database as text it would refuse (a 500).
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        value, todo_id = str(payload["v"]), UUID(payload["id"])
-        if value != INFINITY:
-            datetime.fromisoformat(value)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        todo_id = UUID(payload["id"])
+        value = _cursor_value(str(payload["v"]))
+    except (ValueError, KeyError, TypeError, OverflowError, json.JSONDecodeError) as e:
         raise InvalidCursor("the cursor is not one this API issued") from e
     if payload.get("s") != sort or payload.get("f") != filters.fingerprint():
         raise InvalidCursor("the cursor belongs to a query with other sort or filters")
     return value, todo_id
+
+
+def _cursor_value(text: str) -> str | datetime:
+    if text == INFINITY:
+        return INFINITY
+    instant = datetime.fromisoformat(text)
+    if instant.tzinfo is None:
+        raise ValueError("a cursor instant carries its offset")
+    return instant.astimezone(UTC)
 
 
 def _escape_like(text: str) -> str:

@@ -25,6 +25,7 @@ from eventsourcing.persistence import Tracking
 from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.infra.leadership import AdvisoryLock
+from tododb.projections.quarantine import decode
 from tododb.projections.rebuild_log import RebuildLog
 from tododb.projections.registry import ReadSide
 from tododb.projections.views import APPLICATION_NAME, TodoRowsView
@@ -205,7 +206,11 @@ class Rebuild:
             return sum(f.result() for f in futures)
 
     def catch_up(self, app: TodoApplication, view: TodoRowsView) -> None:
-        """The rest of the log in order, to its head, reading the next page while applying one."""
+        """The rest of the log in order, to its head, reading the next page while applying one.
+
+        The partitions may have quarantined todos: the view learns them before going on.
+        """
+        view.load_quarantine()
         for page in _read_ahead(app, self.position, self.batch_size):
             self.position = page[-1][1]
             view.apply(page, Tracking(APPLICATION_NAME, self.position))
@@ -233,10 +238,19 @@ class Rebuild:
             time.perf_counter() - indexing,
         )
         self.read_side.activate(self.kind, generation)
+        self.report_quarantine(view, generation)
         self.read_side.drop_generations_before(self.kind, generation - 1)
         seconds = self.elapsed()
         self.rebuilds.finish(self.id, self.position, self.head, self.events, seconds)
         return RebuildResult(self.id, self.kind, generation, self.events, seconds, self.position)
+
+    def report_quarantine(self, view: TodoRowsView, generation: int) -> None:
+        """A rebuild completes around bad events; say how many todos it set aside."""
+        view.load_quarantine()
+        if count := len(view.quarantine.ids or ()):
+            log.warning(
+                "%s: generation %d is live with %d todos quarantined", self.kind, generation, count
+            )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -292,7 +306,7 @@ def _apply_partition(job: PartitionJob, app: TodoApplication, view: TodoRowsView
             break
         position = notifications[-1].id
         view.apply(
-            [(app.mapper.to_domain_event(n), n.id) for n in notifications],
+            [(decode(app.mapper, n), n.id) for n in notifications],
             Tracking(job.tracking_name, position),
         )
         count += len(notifications)
@@ -340,7 +354,7 @@ def _read_pages(
             notifications = app.recorder.select_notifications(start=start + 1, limit=batch_size)
             if notifications:
                 start = notifications[-1].id
-                pages.put([(app.mapper.to_domain_event(n), n.id) for n in notifications])
+                pages.put([(decode(app.mapper, n), n.id) for n in notifications])
             if len(notifications) < batch_size and start >= _head(app):
                 break
         pages.put(None)

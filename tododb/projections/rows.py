@@ -21,6 +21,14 @@ from tododb.domain import Priority, Status, Todo
 TODO_TOPIC = get_topic(Todo)
 
 
+class MissingRow(LookupError):
+    """A todo's event with no row to apply it to: its creation was skipped or never applied.
+
+    Raised (so the event is quarantined) rather than letting the library's ``mutate``
+    fail on ``None`` with an assertion that says nothing, or none at all under ``-O``.
+    """
+
+
 @dataclass
 class TodoRow:
     id: UUID
@@ -124,6 +132,11 @@ def fold_events(
         todo = aggregates.get(todo_id)
         if todo is None and todo_id in before:
             todo = before[todo_id].to_aggregate()
+        if todo is None and event.originator_version > 1:
+            raise MissingRow(
+                f"todo {todo_id} has no row to apply version {event.originator_version} to: "
+                "an earlier event of it was skipped or never applied"
+            )
         if todo is not None and event.originator_version <= todo.version:
             continue
         mutated = event.mutate(todo)

@@ -9,6 +9,8 @@ import psycopg
 from psycopg.sql import SQL, Identifier
 
 from tododb.infra.leadership import lock_holders
+from tododb.projections.projection import generation_name
+from tododb.projections.quarantine import SUFFIX, quarantined_count
 from tododb.projections.rebuild_log import RebuildLog, RebuildRow
 from tododb.projections.registry import KINDS, ReadSide, read_position
 
@@ -23,6 +25,8 @@ class ProjectionStatus:
     state: str
     """running (a worker holds it), rebuilding, or stopped (no worker)."""
     last_rebuild: dict[str, Any] | None
+    quarantined: int = 0
+    """Todos whose events are quarantined in the live generation (see ``quarantine``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,15 +53,39 @@ def _status(
     ).fetchone()
     last_rebuild = rebuilds.latest(conn, kind)
     position = read_position(conn, read_side.schema, kind)
+    number = int(generation["generation"]) if generation else 0
     return ProjectionStatus(
         name=kind,
-        generation=int(generation["generation"]) if generation else 0,
+        generation=number,
         position=position,
         head=head,
         lag=max(head - position, 0),
         state=_state(conn, kind, last_rebuild),
         last_rebuild=last_rebuild,
+        quarantined=quarantined_count(conn, read_side.schema, quarantine_table(kind, number)),
     )
+
+
+def quarantine_table(kind: str, generation: int) -> str:
+    """The quarantine table of one generation of ``kind`` (``todos_g3_quarantine``)."""
+    return generation_name(kind, generation) + SUFFIX
+
+
+def quarantined_counts(read_side: ReadSide) -> dict[str, int]:
+    """Quarantined todos per projection, in its live generation: a gauge's figures."""
+    with read_side.connect() as conn:
+        return {
+            kind: quarantined_count(conn, read_side.schema, quarantine_table(kind, generation))
+            for kind, generation in _generations(conn, read_side).items()
+        }
+
+
+def _generations(conn: psycopg.Connection[dict[str, Any]], read_side: ReadSide) -> dict[str, int]:
+    rows = conn.execute(
+        SQL("SELECT name, generation FROM {}.projections").format(Identifier(read_side.schema))
+    ).fetchall()
+    live = {r["name"]: int(r["generation"]) for r in rows}
+    return {kind: live[kind] for kind in KINDS if kind in live}
 
 
 def _state(conn: psycopg.Connection[Any], kind: str, last_rebuild: RebuildRow | None) -> str:

@@ -1,6 +1,7 @@
 """Read models as tracking recorders: each update commits with its log position.
 
-A view is one *generation* of tables (``todos_g3``, ``todos_g3_tracking``). Queries read
+A view is one *generation* of tables (``todos_g3``, ``todos_g3_tracking``, and
+``todos_g3_quarantine`` for the events it could not apply; see ``quarantine``). Queries read
 stable SQL views (``readmodels.todos``) that point at the active generation, so a
 rebuild can fill a new generation while the old one keeps serving, then swap.
 """
@@ -8,8 +9,9 @@ rebuild can fill a new generation while the old one keeps serving, then swap.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,13 +22,32 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from tododb.application import TodoApplication
+from tododb.projections.quarantine import (
+    RELEASED,
+    SKIPPED,
+    SUFFIX,
+    Pair,
+    QuarantinedTodo,
+    QuarantineTable,
+    Resolution,
+    TodoEvents,
+    describe,
+    is_event_fault,
+    quarantined_todos,
+    split,
+)
 from tododb.projections.rows import TodoRow, fold_events
+
+log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "tododb_views"
 COPY_FROM_ROWS = 64
 SET_ASYNC_COMMIT = b"SET LOCAL synchronous_commit TO OFF"
 APPLICATION_NAME = TodoApplication.name
 """The application whose log the views follow (tracking rows name it)."""
+
+ReadEvents = Callable[[UUID, int, int], list[Pair]]
+"""(todo id, from version, until position) → the todo's events, decoded, in order."""
 
 _ROW_DDL = (
     "id uuid PRIMARY KEY, owner text NOT NULL, title text NOT NULL, "
@@ -47,6 +68,7 @@ class TodoRowsView(PostgresTrackingRecorder):
         self.prefix = tracking_table_name.removesuffix("_tracking")
         self.schema = Identifier(datastore.schema)
         self.rows_table = Identifier(self.rows_table_name)
+        self.quarantine = QuarantineTable(datastore.schema, f"{self.prefix}{SUFFIX}")
         self.sql_create_statements.extend(self.table_statements())
         columns = SQL(", ").join(Identifier(c) for c in TodoRow.COLUMNS)
         updates = SQL(", ").join(
@@ -95,7 +117,8 @@ class TodoRowsView(PostgresTrackingRecorder):
         return [
             SQL("CREATE TABLE IF NOT EXISTS {schema}.{table} ({ddl})").format(
                 schema=self.schema, table=self.rows_table, ddl=SQL(_ROW_DDL)
-            )
+            ),
+            *self.quarantine.statements(),
         ]
 
     def index_statements(self) -> list[Composed]:
@@ -116,8 +139,31 @@ class TodoRowsView(PostgresTrackingRecorder):
             for statement in self.index_statements():
                 curs.execute(statement)
 
-    def apply(self, events: Sequence[tuple[Any, int]], tracking: Tracking) -> None:
-        """Fold ``(event, position)`` pairs in and record ``tracking``, in one transaction."""
+    def apply(self, events: Sequence[Pair], tracking: Tracking) -> None:
+        """Fold ``(event, position)`` pairs in and record ``tracking``, in one transaction.
+
+        A batch that touches no quarantined todo and has no undecodable event (an
+        in-memory check) takes the fast path. One that does, or that fails because of
+        an event, is redone carefully: still one transaction, so its rows, its
+        quarantine rows and its tracking position commit together.
+        """
+        if self.quarantine.ids is None:
+            self.load_quarantine()
+        if not self.quarantine.touches(events):
+            try:
+                self._apply_batch(events, tracking)
+                return
+            except Exception as e:
+                if not is_event_fault(e):
+                    raise
+        self._apply_carefully(events, tracking)
+
+    def load_quarantine(self) -> None:
+        """Cache the quarantined todo ids (the table is the truth)."""
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self.quarantine.load(curs)
+
+    def _apply_batch(self, events: Sequence[Pair], tracking: Tracking) -> None:
         # Live (small) batches: pipeline mode sends the statements together, one or two
         # round trips a call. Big ones load with COPY, which pipelines cannot carry.
         small = len(events) < COPY_FROM_ROWS
@@ -127,20 +173,19 @@ class TodoRowsView(PostgresTrackingRecorder):
             conn.transaction(),
             conn.cursor() as curs,
         ):
-            self._apply(curs, events, tracking)
+            # Safe without waiting for the WAL flush: the view rows and the tracking
+            # position commit (or vanish) together, and a lost tail is simply re-applied
+            # from the event store, which keeps its own synchronous commits.
+            curs.execute(SET_ASYNC_COMMIT, prepare=True)
+            self._apply_rows(curs, events)
+            self._track(curs, tracking)
 
-    def _apply(
-        self, curs: Cursor[DictRow], events: Sequence[tuple[Any, int]], tracking: Tracking
-    ) -> None:
+    def _apply_rows(self, curs: Cursor[DictRow], events: Sequence[Pair]) -> None:
         first_version: dict[UUID, int] = {}
         for event, _ in events:
             first_version.setdefault(event.originator_id, event.originator_version)
         # A todo whose first event here is its creation has no row yet: skip the lookup.
         existing = [i for i, version in first_version.items() if version > 1]
-        # Safe without waiting for the WAL flush: the view rows and the tracking
-        # position commit (or vanish) together, and a lost tail is simply re-applied
-        # from the event store, which keeps its own synchronous commits.
-        curs.execute(SET_ASYNC_COMMIT, prepare=True)
         before: dict[UUID, TodoRow] = {}
         if existing:
             curs.execute(self.select_rows_sql, (existing,), prepare=True)
@@ -149,6 +194,8 @@ class TodoRowsView(PostgresTrackingRecorder):
         if after:
             self._upsert(curs, list(after.values()))
             self.after_rows_changed(curs, [(before.get(i), row) for i, row in after.items()])
+
+    def _track(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
         curs.execute(
             self.tracking_guard_sql,
             {
@@ -158,6 +205,111 @@ class TodoRowsView(PostgresTrackingRecorder):
             prepare=True,
         )
         curs.execute(self.notify_sql, prepare=True)
+
+    # ---- quarantine ---------------------------------------------------------------------
+
+    def _apply_carefully(self, events: Sequence[Pair], tracking: Tracking) -> None:
+        """Apply what can be, quarantine what cannot, hold what is behind it; one commit."""
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            curs.execute(SET_ASYNC_COMMIT)
+            groups = split(events, self._still_quarantined(curs, events))
+            self._apply_groups(curs, [g for g in groups if g.applicable])
+            self.quarantine.record(curs, groups)
+            self._track(curs, tracking)
+        self.quarantine.remember(groups)
+        self._log_heads(groups)
+
+    def _log_heads(self, groups: list[TodoEvents]) -> None:
+        for g in groups:
+            if g.failed_at is not None and not g.held_behind:
+                todo_id, version, position, _, error, held = g.head_row()
+                log.warning(
+                    "%s: todo %s quarantined at version %d (position %d), %d later held: %s",
+                    self.prefix,
+                    todo_id,
+                    version,
+                    position,
+                    held,
+                    error,
+                )
+
+    def _still_quarantined(self, curs: Cursor[DictRow], events: Sequence[Pair]) -> set[UUID]:
+        """Of the batch's todos the cache says are quarantined, those the table still says
+        are: an admin may have released some meanwhile (both take the same lock)."""
+        touched = {e.originator_id for e, _ in events} & (self.quarantine.ids or set())
+        if not touched:
+            return set()
+        self.quarantine.lock(curs)
+        return self.quarantine.confirm(curs, touched)
+
+    def _apply_groups(self, curs: Cursor[DictRow], groups: list[TodoEvents]) -> None:
+        """All at once in a savepoint; on an event's fault, each half again, down to one
+        todo, whose culprit is then found event by event: few savepoints per bad event."""
+        if not groups or self._try_apply(curs, [p for g in groups for p in g.applicable]) is None:
+            return
+        if len(groups) == 1:
+            self._find_culprit(curs, groups[0])
+            return
+        half = len(groups) // 2
+        self._apply_groups(curs, groups[:half])
+        self._apply_groups(curs, groups[half:])
+
+    def _find_culprit(self, curs: Cursor[DictRow], group: TodoEvents) -> None:
+        for index, pair in enumerate(group.applicable):
+            error = self._try_apply(curs, [pair])
+            if error is not None:
+                group.fail(index, describe(error))
+                return
+
+    def _try_apply(self, curs: Cursor[DictRow], events: list[Pair]) -> Exception | None:
+        """Apply ``events`` in a savepoint: None, or the event's fault that undid them."""
+        try:
+            with curs.connection.transaction():
+                self._apply_rows(curs, events)
+        except Exception as e:
+            if not is_event_fault(e):
+                raise
+            return e
+        return None
+
+    def resolve(self, todo_id: UUID, read_events: ReadEvents, *, skip: bool) -> Resolution:
+        """Re-read the todo's quarantined events and apply them in order, in one transaction
+        (after marking the head skipped, if ``skip``): the todo is released when all apply,
+        else the one that fails is its new head. NotQuarantined / NothingToResolve."""
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self.quarantine.lock(curs)
+            head = self.quarantine.head(curs, todo_id)
+            group = TodoEvents(todo_id)
+            for pair in read_events(todo_id, head.version, self._tracked(curs)):
+                if not (skip and pair[0].originator_version == head.version):
+                    group.add(pair)
+            if skip:
+                self._skip_row(curs, head)
+            self._apply_groups(curs, [group] if group.applicable else [])
+            self.quarantine.close_head(curs, head, SKIPPED if skip else RELEASED)
+            self.quarantine.record(curs, [group])
+            new_head = None if group.failed_at is None else self.quarantine.head(curs, todo_id)
+        applied = len(group.events) if group.failed_at is None else group.failed_at
+        return Resolution(todo_id, applied, new_head)
+
+    def _skip_row(self, curs: Cursor[DictRow], head: QuarantinedTodo) -> None:
+        """A skipped event is a no-op in the view: the row only moves past its version."""
+        curs.execute(
+            SQL(
+                "UPDATE {}.{} SET version = %s, position = %s WHERE id = %s AND version = %s"
+            ).format(self.schema, self.rows_table),
+            (head.version, head.position, head.todo_id, head.version - 1),
+        )
+
+    def _tracked(self, curs: Cursor[DictRow]) -> int:
+        """The view's position, read in the caller's transaction (after its lock)."""
+        curs.execute(self.max_tracking_id_statement, (APPLICATION_NAME,))
+        row = curs.fetchone()
+        return int(row["max"] or 0) if row else 0
+
+    def quarantined(self) -> list[QuarantinedTodo]:
+        with self.datastore.get_connection() as conn:
+            return quarantined_todos(conn, self.datastore.schema, self.quarantine.name)
 
     def _upsert(self, curs: Cursor[DictRow], rows: list[TodoRow]) -> None:
         if len(rows) < COPY_FROM_ROWS:
@@ -189,7 +341,7 @@ class TodoRowsView(PostgresTrackingRecorder):
                 )
 
     def owned_tables(self) -> list[str]:
-        return [self.rows_table_name, self.tracking_table_name]
+        return [self.rows_table_name, self.tracking_table_name, self.quarantine.name]
 
     @classmethod
     def sql_views_for(cls, prefix: str) -> dict[str, str]:

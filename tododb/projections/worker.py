@@ -3,6 +3,9 @@
 Each read model is run by exactly one process at a time (an advisory lock); other
 workers stand by and take over when it dies. The runner follows the log through the
 library's LISTEN/NOTIFY subscription and switches when a rebuild swaps generations.
+It reads the log through ``ProjectionApplication``, whose mapper turns an event it cannot
+decode into a placeholder the view quarantines: one bad event never stops the runner.
+Only infrastructure errors (the database unreachable) still fail it into a restart.
 """
 
 from __future__ import annotations
@@ -12,16 +15,17 @@ import threading
 
 from eventsourcing.projection import ProjectionRunner
 
-from tododb.application import TodoApplication
 from tododb.infra.leadership import AdvisoryLock
 from tododb.infra.retry import Backoff
 from tododb.projections.projection import TodoRowsProjection, projection_class
+from tododb.projections.quarantine import ProjectionApplication
 from tododb.projections.registry import KINDS, ReadSide
 from tododb.projections.views import VIEW_CLASSES
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF = Backoff(0.5, 30.0)
+RESTART_BACKOFF = Backoff(0.25, 1.0)
+"""Capped low: after a database outage the projection resumes within about a second."""
 
 
 def run_projection(read_side: ReadSide, kind: str, stop: threading.Event) -> None:
@@ -50,7 +54,7 @@ def _run_while_leader(
         generation = read_side.active_generation(kind)
         log.info("projection %s: running generation %d", kind, generation)
         with ProjectionRunner(
-            application_class=TodoApplication,
+            application_class=ProjectionApplication,
             projection_class=projection_class(kind, generation),
             view_class=VIEW_CLASSES[kind],
             env=read_side.runner_env(kind, generation),

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -23,12 +23,27 @@ from eventsourcing.persistence import Notification
 from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.infra.kafka import CachingPartitioner
-from tododb.relay.envelope import OutgoingMessage, to_message
+from tododb.relay.envelope import Failure, OutgoingMessage, UnpublishedEvent, to_message
 
 log = logging.getLogger(__name__)
 
 Partitioned = dict[int, list[OutgoingMessage]]
 """Messages by Kafka partition, each list in log order."""
+
+
+class Encoded(NamedTuple):
+    """A range, encoded: its messages by partition, and the events that failed."""
+
+    messages: Partitioned
+    failures: list[Failure]
+
+
+class Undecodable(Exception):
+    """An event could not be encoded (from ``Envelopes.range``, which is all or nothing)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"position {failure.position} (todo {failure.todo_id}): {failure.error}")
+        self.failure = failure
 
 
 class OwnerCache:
@@ -66,11 +81,15 @@ class Envelopes:
         self.owners = OwnerCache()
         self.partitioner = CachingPartitioner()
 
-    def partitioned(self, start: int, stop: int, partitions: int) -> Partitioned:
-        """``range``, grouped by the partition Kafka's default partitioner picks for the key.
+    def decode(self, start: int, stop: int, partitions: int) -> Encoded:
+        """Positions ``start``..``stop``: their messages grouped by the partition Kafka's
+        default partitioner picks for the key (done here, beside the decoding, so the
+        sending process only appends to batches), and the events that failed."""
+        messages, failures = self.convert(self._select(start, stop))
+        return Encoded(self.group(messages, partitions), failures)
 
-        Done here, beside the decoding, so the sending process only appends to batches.
-        """
+    def partitioned(self, start: int, stop: int, partitions: int) -> Partitioned:
+        """``range``, grouped by partition (raises on an event that cannot be encoded)."""
         return self.group(self.range(start, stop), partitions)
 
     def group(self, messages: Sequence[OutgoingMessage], partitions: int) -> Partitioned:
@@ -81,24 +100,55 @@ class Envelopes:
         return by_partition
 
     def range(self, start: int, stop: int) -> list[OutgoingMessage]:
-        """The messages of log positions ``start``..``stop`` (both included, gaps skipped)."""
-        notifications = self.recorder.select_notifications(
+        """The messages of log positions ``start``..``stop`` (both included, gaps skipped).
+
+        Raises ``Undecodable`` for the first event that cannot be encoded: for callers
+        that want all or nothing; the relay itself uses ``decode`` and quarantines.
+        """
+        messages, failures = self.convert(self._select(start, stop))
+        if failures:
+            raise Undecodable(failures[0])
+        return messages
+
+    def _select(self, start: int, stop: int) -> Sequence[Notification]:
+        selected: Sequence[Notification] = self.recorder.select_notifications(
             start=start, limit=stop - start + 1, stop=stop
         )
-        return self.encode(notifications)
+        return selected
 
-    def encode(self, notifications: Sequence[Notification]) -> list[OutgoingMessage]:
-        events: list[tuple[int, str, Any]] = [
-            (n.id, n.topic, self.app.mapper.to_domain_event(n)) for n in notifications
-        ]
-        self._learn_owners(event for _, _, event in events)
+    def convert(
+        self, notifications: Sequence[Notification]
+    ) -> tuple[list[OutgoingMessage], list[Failure]]:
+        """Messages, and the events that failed to decode or encode (in log order).
+
+        One bad event fails alone: a stored event that does not decode, a todo without
+        an owner, a message that must not be published. Types the contract does not
+        name are left out by design (logged), neither sent nor failed.
+        """
+        events, failures = self._decode(notifications)
+        self._learn_owners(event for _, event in events)
         messages = []
-        for position, topic, event in events:
+        for n, event in events:
             try:
-                messages.append(to_message(event, position, self._owner_of(event)))
-            except LookupError:
-                log.warning("position %s: %s has no public name; not published", position, topic)
-        return messages
+                messages.append(to_message(event, n.id, self._owner_of(event)))
+            except UnpublishedEvent:
+                log.warning("position %s: %s has no public name; not published", n.id, n.topic)
+            except Exception as e:  # anything else: this event is poison, not the range
+                failures.append(Failure.of(n, e))
+        return messages, sorted(failures)
+
+    def _decode(
+        self, notifications: Sequence[Notification]
+    ) -> tuple[list[tuple[Notification, Any]], list[Failure]]:
+        """Stored events → domain events; one that does not decode fails alone."""
+        to_domain_event = self.app.mapper.to_domain_event
+        events, failures = [], []
+        for n in notifications:
+            try:
+                events.append((n, to_domain_event(n)))
+            except Exception as e:
+                failures.append(Failure.of(n, e))
+        return events, failures
 
     def _learn_owners(self, events: Any) -> None:
         """Cache the owners this batch needs: from its created events, else one query."""
@@ -111,7 +161,10 @@ class Envelopes:
                 unknown.add(event.originator_id)
         if unknown:
             for stored in self.recorder.first_events(sorted(unknown)):
-                first: Any = self.app.mapper.to_domain_event(stored)
+                try:
+                    first: Any = self.app.mapper.to_domain_event(stored)
+                except Exception:  # noqa: S112 - its events fail alone, for want of an owner
+                    continue
                 owner = getattr(first, "owner", None)
                 if isinstance(owner, str):
                     self.owners.put(first.originator_id, owner)
@@ -149,7 +202,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def decode_range(start: int, stop: int, partitions: int) -> Partitioned:
-    """In a decoder process: the messages of positions ``start``..``stop``, by partition."""
+def decode_range(start: int, stop: int, partitions: int) -> Encoded:
+    """In a decoder process: positions ``start``..``stop``, encoded (``Envelopes.decode``).
+
+    Failures go back to the relay's process, which alone decides, in log order, what
+    is quarantined and held: decoders see one range each, several at once.
+    """
     assert _DECODER is not None, "decoder process not initialised"
-    return _DECODER.partitioned(start, stop, partitions)
+    return _DECODER.decode(start, stop, partitions)

@@ -17,6 +17,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.kafka import to_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from eventsourcing.persistence import Notification
 
 from tododb import contract
 from tododb.domain import event_payload, public_type
@@ -57,13 +58,55 @@ class OutgoingMessage(NamedTuple):
     position: int
 
 
+ERROR_MAX = 2000
+"""Characters of an error kept (the exception's type and message are what matter)."""
+MAX_MESSAGE_BYTES = 1_000_000
+"""Larger messages are refused rather than sent: Kafka's default ``message.max.bytes``
+(1 MiB with the batch overhead) would reject them on every attempt, for ever."""
+
+
+class Failure(NamedTuple):
+    """An event that could not become a message, as a decoder reports it (picklable)."""
+
+    position: int
+    todo_id: str
+    version: int
+    topic: str
+    error: str
+
+    @classmethod
+    def of(cls, notification: Notification, error: BaseException) -> Failure:
+        """The failure of a stored event, with the error's type and (shortened) message."""
+        text = f"{type(error).__name__}: {error}"[:ERROR_MAX]
+        return cls(
+            notification.id,
+            str(notification.originator_id),
+            notification.originator_version,
+            notification.topic,
+            text,
+        )
+
+    @property
+    def key(self) -> bytes:
+        """The todo's Kafka key, as its messages carry it."""
+        return self.todo_id.encode()
+
+
 class UnpublishedEvent(LookupError):
-    """A domain event type the contract does not name: it is not published."""
+    """A domain event type the contract does not name: it is not published (by design,
+    unlike an event that fails to encode, which is quarantined)."""
+
+
+class PoisonMessage(ValueError):
+    """A message no consumer (or broker) should get: it is quarantined instead."""
 
 
 def contract_type(domain_event: Any) -> str:
     """The contract's type for a domain event (the domain's public name, checked)."""
-    name = public_type(domain_event)
+    try:
+        name = public_type(domain_event)
+    except LookupError as e:
+        raise UnpublishedEvent(str(e)) from None
     if name not in _CONTRACT_TYPES:
         raise UnpublishedEvent(f"{name} is not in contract {contract.CONTRACT_VERSION}")
     return name
@@ -107,10 +150,13 @@ def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
 
 
 def to_message(domain_event: Any, position: int, owner: str) -> OutgoingMessage:
+    """The event as a message; raises ``UnpublishedEvent``, ``PoisonMessage`` or whatever
+    building it raised (the relay quarantines all but the first)."""
     event = to_cloudevent(domain_event, position, owner)
     message = to_structured(event, _FORMAT, key_mapper=lambda e: e.get_subject())
     key = message.key.encode() if isinstance(message.key, str) else message.key
     assert key is not None
+    check_value(message.value)
     headers = tuple(message.headers.items())
     return OutgoingMessage(
         key=key,
@@ -119,3 +165,26 @@ def to_message(domain_event: Any, position: int, owner: str) -> OutgoingMessage:
         event_id=event.get_id(),
         position=position,
     )
+
+
+def check_value(value: bytes) -> None:
+    """Refuse what would poison downstream: a NUL in text, which no PostgreSQL ``text``
+    can hold (the domain refuses it; a raw insert may not), and oversized messages.
+
+    The first test is a substring search, so events without a ``\\u0000`` cost nothing
+    more; the exact check (not an escaped backslash followed by ``u0000``) parses.
+    """
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise PoisonMessage(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if b"\\u0000" in value and _has_nul(orjson.loads(value)):
+        raise PoisonMessage("text contains a NUL character (U+0000)")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

@@ -1,4 +1,5 @@
-"""The relay's position and lag, read straight from PostgreSQL (CLI and admin API)."""
+"""The relay's position and lag, and what it quarantined, read straight from PostgreSQL
+(CLI and admin API)."""
 
 from __future__ import annotations
 
@@ -15,36 +16,49 @@ from tododb.infra.postgres import ConnectionFactory
 APPLICATION_NAME = TodoApplication.name
 TRACKING_TABLE = "relay_tracking"
 EVENTS_TABLE = f"{APPLICATION_NAME}_events"
+QUARANTINE_TABLE = "relay_quarantine"
 LOCK_NAME = "relay"
 
 
 def read_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
-    """Position, head, lag and whether some relay holds the lock (works before any run)."""
+    """Position, head, lag, whether some relay holds the lock, and how many events are
+    quarantined (could not be published) and held behind them (works before any run)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AS has_tracking, "
-            "to_regclass(%s) IS NOT NULL AS has_events",
-            (f'"{schema}"."{TRACKING_TABLE}"', f'"{schema}"."{EVENTS_TABLE}"'),
-        ).fetchone()
-        assert row is not None
-        position = head = 0
-        if row["has_tracking"]:
-            found = cur.execute(
-                SQL(
-                    "SELECT max(notification_id) AS n FROM {}.{} WHERE application_name = %s"
-                ).format(Identifier(schema), Identifier(TRACKING_TABLE)),
-                (APPLICATION_NAME,),
-            ).fetchone()
-            position = int((found or {}).get("n") or 0)
-        if row["has_events"]:
-            found = cur.execute(
-                SQL("SELECT max(notification_id) AS n FROM {}.{}").format(
-                    Identifier(schema), Identifier(EVENTS_TABLE)
-                )
-            ).fetchone()
-            head = int((found or {}).get("n") or 0)
+        position = _scalar(
+            cur,
+            schema,
+            TRACKING_TABLE,
+            "SELECT max(notification_id) AS n FROM {} WHERE application_name = %s",
+            (APPLICATION_NAME,),
+        )
+        head = _scalar(cur, schema, EVENTS_TABLE, "SELECT max(notification_id) AS n FROM {}")
+        counts = "SELECT count(*) AS n FROM {} WHERE status = %s"
+        quarantined = _scalar(cur, schema, QUARANTINE_TABLE, counts, ("quarantined",))
+        held = _scalar(cur, schema, QUARANTINE_TABLE, counts, ("held",))
     active = lock_holders(conn, LOCK_NAME) > 0
-    return {"position": position, "head": head, "lag": max(0, head - position), "active": active}
+    return {
+        "position": position,
+        "head": head,
+        "lag": max(0, head - position),
+        "active": active,
+        "quarantined": quarantined,
+        "held": held,
+    }
+
+
+def _scalar(
+    cur: psycopg.Cursor[dict[str, Any]],
+    schema: str,
+    table: str,
+    query: str,
+    args: tuple[Any, ...] = (),
+) -> int:
+    """``query``'s one number on ``schema.table`` (``{}``), 0 if the table does not exist."""
+    exists = cur.execute("SELECT to_regclass(%s) IS NOT NULL AS e", (f'"{schema}"."{table}"',))
+    if not (exists.fetchone() or {}).get("e"):
+        return 0
+    found = cur.execute(SQL(query).format(Identifier(schema, table)), args).fetchone()
+    return int((found or {}).get("n") or 0)
 
 
 class RelayStatusReader:

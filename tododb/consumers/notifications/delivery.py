@@ -47,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OUTAGE_BACKOFF = Backoff(0.5, 10.0)
+OUTAGE_BACKOFF = Backoff(0.5, 2.0)
 """Waiting out a database that is down."""
 
 
