@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from rich.console import Console
 
 from tododb.devservers.postgres import start_embedded
 from tododb.infra.postgres import with_database
@@ -33,15 +36,50 @@ def bench_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def rate(ops: int, writers: int, work: Callable[[int, int], None]) -> float:
-    """Ops/s with ``writers`` threads; ``work(writer, i)`` does op i of that writer."""
+def console() -> Console:
+    """Wide enough for the tables when the output is a file or a pipe (rich's default: 80)."""
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def rate(
+    ops: int, writers: int, work: Callable[[int, int], None], warmup: int = 0
+) -> float:
+    """Ops/s with ``writers`` threads; ``work(writer, i)`` does op i of that writer.
+
+    Each thread first does ``warmup`` ops of its own (ops ``-warmup`` to ``-1``: connections
+    opened, statements prepared), then all start timing together, so the figure is the
+    steady state, not connection set-up.
+    """
     per_writer = ops // writers
+    ready = threading.Barrier(writers + 1)
+    errors: list[BaseException] = []
 
     def run(w: int) -> None:
-        for i in range(per_writer):
-            work(w, i)
+        try:
+            for i in range(-warmup, 0):
+                work(w, i)
+            ready.wait()
+            for i in range(per_writer):
+                work(w, i)
+        except BaseException as e:
+            errors.append(e)
+            ready.abort()  # the others (and the timer) must not wait for this one
 
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait()
     start = time.perf_counter()
-    with ThreadPoolExecutor(writers) as pool:
-        list(pool.map(run, range(writers)))
-    return per_writer * writers / (time.perf_counter() - start)
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return per_writer * writers / elapsed
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def kill_tree(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a process and all its descendants: the supervisor starts each child in a
+    session of its own, out of reach of ``killpg``, and a failed test must not leave the
+    API, the workers and the broker running."""
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
 
 
 def test_token_prints_a_jwt_for_the_user(tmp_path: Path) -> None:
@@ -66,6 +83,10 @@ def test_dev_starts_everything_serves_requests_and_stops_cleanly_on_ctrl_c(
                 break
         assert token, "".join(lines)
         assert f"http://127.0.0.1:{port}" in "".join(lines)
+        # Keep reading the combined log, as a terminal would: a full pipe would block the
+        # supervisor's writes, then every child's logging, then the API itself.
+        stdout = proc.stdout
+        threading.Thread(target=lambda: lines.extend(stdout), daemon=True).start()
         children = psutil.Process(proc.pid).children(recursive=True)
         base = f"http://127.0.0.1:{port}"
 
@@ -94,7 +115,6 @@ def test_dev_starts_everything_serves_requests_and_stops_cleanly_on_ctrl_c(
         wait_until(lambda: not psutil.pid_exists(postmaster), what="embedded PostgreSQL to stop")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
     # the data folder survives for the next start
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()

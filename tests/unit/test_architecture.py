@@ -22,7 +22,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "tododb.contract": ("tododb.contract",),
     "tododb.infra": ("tododb.infra",),
     "tododb.application": ("tododb.domain", *SHARED),
-    "tododb.eventstore": ("tododb.domain", *SHARED),
+    "tododb.eventstore": ("tododb.eventstore", "tododb.domain", *SHARED),
     "tododb.projections": (
         "tododb.projections",
         "tododb.application",
@@ -70,12 +70,25 @@ def imports_of(path: Path) -> Iterator[tuple[int, str]]:
             for alias in node.names:
                 if alias.name.startswith("tododb"):
                     yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if not node.module.startswith("tododb"):
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute(path, node.module, node.level)
+            if not base.startswith("tododb"):
                 continue
             for alias in node.names:
-                candidate = f"{node.module}.{alias.name}"
-                yield node.lineno, candidate if candidate in MODULES else node.module
+                candidate = f"{base}.{alias.name}"
+                yield node.lineno, candidate if candidate in MODULES else base
+
+
+def absolute(path: Path, module: str | None, level: int) -> str:
+    """The absolute name of ``from <dots><module> import ...`` in ``path`` (relative
+    imports count like any other: they must not slip past the table or the cycle check)."""
+    if level == 0:
+        return module or ""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[: len(package) - (level - 1)]
+    return ".".join([*base, module] if module else base)
 
 
 def part_of(module: str) -> str:

@@ -57,3 +57,6 @@ def test_compose_file_is_valid_and_runs_every_process() -> None:
         assert "KAFKA_BOOTSTRAP_SERVERS: kafka:9092" in blocks[worker]
         assert "condition: service_healthy" in blocks[worker]
     assert "published: 8000" in blocks["api"] or "8000:8000" in blocks["api"]
+    # several worker processes, with the shared environment still merged in
+    assert re.search(r"TODO_WEB_CONCURRENCY: ['\"]?[2-9]", blocks["api"]), blocks["api"]
+    assert "DATABASE_URL: postgresql://" in blocks["api"]

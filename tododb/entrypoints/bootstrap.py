@@ -16,9 +16,11 @@ from tododb.api.positions import PositionWatcher
 from tododb.application import TodoApplication
 from tododb.consumers.analytics.store import AnalyticsStore
 from tododb.consumers.notifications.store import NotificationsStore
+from tododb.entrypoints.database_url import resolve_database_url
+from tododb.entrypoints.log_setup import configure_logging
 from tododb.eventstore import AppendOnlyApplicationRecorder, TodoPostgresFactory
 from tododb.infra.postgres import ConnectionFactory, eventsourcing_env
-from tododb.infra.settings import Settings
+from tododb.infra.settings import Settings, get_settings
 from tododb.projections.admin import ProjectionsAdmin
 from tododb.projections.queries import ReadModelQueries
 from tododb.projections.registry import ReadSide
@@ -99,3 +101,16 @@ def build_api(settings: Settings, database_url: str) -> FastAPI:
     services = build_api_services(settings, todo_app, read_side)
     prepare_schemas(services, read_side)
     return create_app(settings, services)
+
+
+def api_from_environment() -> FastAPI:
+    """The API for one worker of `todo serve --workers N`, from the environment alone.
+
+    uvicorn starts each worker as a fresh (spawned) process and can hand it nothing but
+    an import string, so the worker reads the settings and ``DATABASE_URL`` itself and
+    builds its own application, pool and position watcher: nothing is shared between
+    workers but the listening socket and the database.
+    """
+    configure_logging()
+    settings = get_settings()
+    return build_api(settings, resolve_database_url(settings, embedded_ok=False))

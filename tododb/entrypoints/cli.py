@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated
+import socket
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,8 @@ from tododb.entrypoints.log_setup import configure_logging
 from tododb.infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from tododb.devservers.tansu import TansuBroker
 
 app = typer.Typer(help="tododb: an event-sourced todo backend.", no_args_is_help=True)
@@ -41,22 +44,81 @@ def token(
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (TODO_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (TODO_PORT).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (TODO_WEB_CONCURRENCY).", min=1, max=64),
+    ] = None,
 ) -> None:
-    """Run the API against DATABASE_URL."""
+    """Run the API against DATABASE_URL, in one process or WORKERS processes."""
     import uvicorn
 
-    from tododb.entrypoints.bootstrap import build_api
+    from tododb.entrypoints.bootstrap import api_from_environment, build_api
 
     configure_logging()
     settings = get_settings()
-    api = build_api(settings, resolve_database_url(settings, embedded_ok=False))
-    uvicorn.run(
-        api,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        log_level="info",
-        timeout_graceful_shutdown=5,
+    database_url = resolve_database_url(settings, embedded_ok=False)
+    count = settings.web_concurrency if workers is None else workers
+    options: dict[str, Any] = {
+        "host": host or settings.host,
+        "port": settings.port if port is None else port,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 5,
+    }
+    if count == 1:
+        uvicorn.run(build_api(settings, database_url), **options)
+        return
+    _prepare_schemas_once(settings, database_url)
+    _serve_workers(
+        f"{api_from_environment.__module__}:{api_from_environment.__name__}", count, options
     )
+
+
+def _serve_workers(factory: str, count: int, options: dict[str, Any]) -> None:
+    """What ``uvicorn.run(factory, factory=True, workers=count)`` does, on our socket.
+
+    Each worker process imports and calls ``factory``; uvicorn's supervisor restarts a
+    worker that dies and stops them all on SIGTERM/SIGINT.
+    """
+    from uvicorn import Config
+    from uvicorn.supervisors import Multiprocess
+
+    config = Config(factory, factory=True, workers=count, **options)
+    Multiprocess(config, sockets=[tcp_listener(config)]).run()
+
+
+def tcp_listener(config: uvicorn.Config) -> socket.socket:
+    """uvicorn's listening socket, re-wrapped so that Python knows it is TCP.
+
+    uvicorn binds it with ``proto`` 0 and accepted connections inherit that, while
+    asyncio turns on TCP_NODELAY only for ``IPPROTO_TCP`` sockets: with Nagle left on,
+    every keep-alive request after a connection's first waits ~40 ms for the client's
+    delayed ACK (uvicorn issue #3149; one worker is not affected, asyncio binds that
+    socket itself). Built from the descriptor, the socket reads its protocol back from
+    the kernel.
+    """
+    bound = config.bind_socket()
+    return socket.socket(fileno=bound.detach())
+
+
+def _prepare_schemas_once(settings: Settings, database_url: str) -> None:
+    """Create every table before the workers start, so N of them do not race on DDL.
+
+    Each worker still runs the same ``IF NOT EXISTS`` set-up, which is then a no-op; on
+    an empty database N concurrent first runs could collide on the catalogue.
+    """
+    from tododb.entrypoints.bootstrap import (
+        build_api_services,
+        build_application,
+        build_read_side,
+        prepare_schemas,
+    )
+
+    todo_app = build_application(settings, database_url)  # creates the event store
+    try:
+        read_side = build_read_side(settings, database_url)
+        prepare_schemas(build_api_services(settings, todo_app, read_side), read_side)
+    finally:
+        todo_app.close()
 
 
 @app.command()

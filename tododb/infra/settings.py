@@ -69,6 +69,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    web_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API worker processes of `todo serve` (one GIL and one pool each).",
+    )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     conflict_retries: int = Field(default=8, ge=0)
 

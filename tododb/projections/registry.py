@@ -18,6 +18,7 @@ from tododb.projections.projection import generation_name
 from tododb.projections.rebuild_log import RebuildLog
 from tododb.projections.views import (
     APPLICATION_NAME,
+    DDL_LOCK,
     NOTIFY_CHANNEL,
     VIEW_CLASSES,
     TodoRowsView,
@@ -72,7 +73,7 @@ class ReadSide:
     def ensure(self) -> None:
         """Create the schema, the registry and generation 1 of every view, once."""
         with self.connect() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('tododb.readmodels.ddl'))")
+            conn.execute(DDL_LOCK)
             conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(self.schema)))
             conn.execute(
                 SQL(

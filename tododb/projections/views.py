@@ -58,6 +58,9 @@ _ROW_DDL = (
 )
 
 
+DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tododb.readmodels.ddl'))"
+"""Taken by every statement that creates read-model tables or indexes."""
+
 class TodoRowsView(PostgresTrackingRecorder):
     """A table of todo rows folded from events, plus the library's tracking table."""
 
@@ -113,6 +116,10 @@ class TodoRowsView(PostgresTrackingRecorder):
     def rows_table_name(self) -> str:
         return self.prefix
 
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        curs.execute(DDL_LOCK)  # the library's CREATE TABLE IF NOT EXISTS, serialised too
+        super()._create_table(curs)
+
     def table_statements(self) -> list[Composed]:
         return [
             SQL("CREATE TABLE IF NOT EXISTS {schema}.{table} ({ddl})").format(
@@ -135,7 +142,11 @@ class TodoRowsView(PostgresTrackingRecorder):
         ]
 
     def create_indexes(self) -> None:
+        """Serialised with every other read-model DDL: concurrent ``CREATE INDEX IF NOT
+        EXISTS`` of one name (a worker and an API starting together) can still fail on the
+        catalog's unique index."""
         with self.datastore.transaction(commit=True) as curs:
+            curs.execute(DDL_LOCK)
             for statement in self.index_statements():
                 curs.execute(statement)
 

@@ -1,0 +1,291 @@
+"""POST /v1/todos through `todo serve`, beside a bare FastAPI app under the same load.
+
+    python bench/http_api.py [--seconds 10] [--connections 32] [--workers 1 2] [--load wrk|httpx]
+
+For each worker count: `todo serve --workers N` (a subprocess on a scratch embedded
+database, ``TODO_RATE_LIMIT_ENABLED=false``), and ``bare_app`` below, which parses the
+same JSON body into a model of the same fields and answers 201, nothing else, served by
+uvicorn with the same worker count and options (and, like the API's handlers, a sync
+endpoint: run on the same thread pool). Both get a warm-up, then the same load: Debian's
+``wrk`` (one thread, a Lua script for the POST with its JSON body and Authorization
+header) or, without wrk, an async httpx client in a process of its own (a Python load
+generator: on 2 cores it saturates before the servers do, so its ratios say little;
+install wrk: ``apt-get install wrk``). Closed loop:
+each connection sends its next request when the last one is answered. Prints req/s,
+p50/p99/max and todo serve ÷ bare. Goal (issue #10): >= 0.5x the bare app with the same
+worker count, p99 < 50 ms at 32 connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+from rich.table import Table
+from uvicorn.supervisors import Multiprocess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import bench_database, console, pct
+from tododb.api.auth import issue_token
+from tododb.entrypoints.cli import tcp_listener
+from tododb.entrypoints.supervisor import todo_command
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-http-" + "x" * 32
+BODY = {
+    "title": "benchmark todo",
+    "description": "posted by bench/http_api.py",
+    "priority": "high",
+    "tags": ["bench", "http"],
+}
+
+
+class BareTodo(BaseModel):
+    """The fields of the API's create body, without its rules."""
+
+    title: str
+    description: str = ""
+    due: datetime | None = None
+    priority: str = "normal"
+    tags: list[str] = []
+
+
+bare_app = FastAPI()
+
+
+@bare_app.post("/v1/todos", status_code=201)
+def bare_create(body: BareTodo) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), **body.model_dump(mode="json")}
+
+
+@bare_app.get("/readyz")
+def bare_ready() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int
+    seconds: float
+    bad: int
+    """Answers other than 2xx, and socket errors or timeouts."""
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+# ---- servers ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(argv: list[str], env: dict[str, str], workers: int, port: int) -> Iterator[str]:
+    """A server subprocess on ``port``, once every worker has started; its base URL."""
+    log_path = Path(tempfile.mkdtemp(prefix="tododb-bench-http-")) / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("Application startup complete.") < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(log_path.parent, ignore_errors=True)
+
+
+def todo_serve(url: str, workers: int) -> Any:
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "TODO_JWT_SECRET": SECRET,
+        "TODO_RATE_LIMIT_ENABLED": "false",
+        "TODO_LOG_LEVEL": "WARNING",
+        "TODO_DATA_DIR": tempfile.mkdtemp(prefix="tododb-bench-http-data-"),
+    }
+    port = free_port()
+    argv = todo_command("serve", "--port", str(port), "--workers", str(workers))
+    return server(argv, env, workers, port)
+
+
+def bare(workers: int) -> Any:
+    """``bare_app`` in a process of its own, served as `todo serve` serves the API."""
+    port = free_port()
+    argv = [sys.executable, __file__, "--serve-bare", str(port), "--workers", str(workers)]
+    return server(argv, dict(os.environ), workers, port)
+
+
+def serve_bare(port: int, workers: int) -> None:
+    """uvicorn with `todo serve`'s options; several workers on the same kind of socket
+    (uvicorn's own ``--workers`` socket would leave Nagle on, see ``tcp_listener``)."""
+    options: dict[str, Any] = {
+        "host": "127.0.0.1", "port": port, "log_level": "info", "timeout_graceful_shutdown": 5,
+    }  # fmt: skip
+    if workers == 1:
+        uvicorn.run("bench.http_api:bare_app", **options)
+        return
+    config = uvicorn.Config("bench.http_api:bare_app", workers=workers, **options)
+    Multiprocess(config, sockets=[tcp_listener(config)]).run()
+
+
+# ---- load generators -------------------------------------------------------------------
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    e.status + e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk(base: str, token: str, connections: int, seconds: float) -> Load:
+    """Debian's wrk, one thread (the other core is the servers')."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.format(body=json.dumps(BODY), token=token))
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+             "-s", script.name, f"{base}/v1/todos"],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    requests, duration_us, bad, p50, p99, high = map(int, line.split()[1:])
+    return Load(requests, duration_us / 1e6, bad, p50 / 1e3, p99 / 1e3, high / 1e3)
+
+
+def httpx_load(base: str, token: str, connections: int, seconds: float) -> Load:
+    """Without wrk: ``connections`` httpx tasks in a process of their own."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(_httpx_main, base, token, connections, seconds).result()
+
+
+def _httpx_main(base: str, token: str, connections: int, seconds: float) -> Load:
+    return asyncio.run(_httpx_run(base, token, connections, seconds))
+
+
+async def _httpx_run(base: str, token: str, connections: int, seconds: float) -> Load:
+    latencies: list[float] = []
+    bad = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, limits=limits, headers=headers) as client:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def one_connection() -> None:
+            nonlocal bad
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                try:
+                    response = await client.post("/v1/todos", json=BODY, timeout=10)
+                    bad += not response.is_success
+                except httpx.HTTPError:
+                    bad += 1
+                latencies.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*(one_connection() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    ms = [x * 1e3 for x in latencies]
+    return Load(len(ms), elapsed, bad, pct(ms, 50), pct(ms, 99), max(ms))
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+
+def measure(base: str, load: Any, connections: int, seconds: float) -> Load:
+    token = issue_token(SECRET, "bench-user", ttl_seconds=3600)
+    load(base, token, connections, min(2.0, seconds))  # warm-up: pools, caches, threads
+    return load(base, token, connections, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--load", choices=("wrk", "httpx"), default=None)
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.workers[0])
+        return
+    kind = args.load or ("wrk" if shutil.which("wrk") else "httpx")
+    load = wrk if kind == "wrk" else httpx_load
+    out = console()
+    table = Table(
+        title=f"POST /v1/todos, {args.connections} connections, {args.seconds:g} s each, "
+        f"load: {kind} (same machine, same run)"
+    )
+    for col in ("workers", "server", "req/s", "p50 ms", "p99 ms", "max ms", "not 2xx",
+                "÷ bare", "goal"):
+        table.add_column(col, justify="right")
+    with bench_database() as url:
+        for workers in args.workers:
+            with bare(workers) as base:
+                baseline = measure(base, load, args.connections, args.seconds)
+            with todo_serve(url, workers) as base:
+                served = measure(base, load, args.connections, args.seconds)
+            for name, result in (("bare FastAPI", baseline), ("todo serve", served)):
+                table.add_row(
+                    str(workers), name, f"{result.rate:,.0f}", f"{result.p50_ms:.1f}",
+                    f"{result.p99_ms:.1f}", f"{result.max_ms:.1f}", str(result.bad),
+                    f"{result.rate / baseline.rate:.2f}x",
+                    "≥ 0.50x, p99 < 50 ms" if result is served else "",
+                )  # fmt: skip
+    out.print(table)
+
+
+if __name__ == "__main__":
+    main()

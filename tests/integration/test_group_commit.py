@@ -1,0 +1,515 @@
+"""Group commit on real servers: each command its own outcome inside a shared batch, very
+large batches that finish, 64 writers whose every event reaches the views and the topic
+with no reader skipping one, and a `todo serve` killed mid-batch that keeps every
+acknowledged command and no half of one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import psycopg
+import pytest
+from eventsourcing.persistence import DataError, RecordConflictError, StoredEvent
+
+from tests.broker_fixtures import kafka_broker  # noqa: F401
+from tests.conftest import TEST_SECRET, wait_until
+from tests.downstream import eventually, kafka_settings, read_topic, running
+from tododb.api.auth import issue_token
+from tododb.application import (
+    ConcurrencyConflict,
+    PreconditionFailed,
+    TodoApplication,
+    TodoGone,
+)
+from tododb.devservers.tansu import BrokerHandle
+from tododb.domain import Todo
+from tododb.entrypoints.bootstrap import build_application, build_read_side, build_relay
+from tododb.entrypoints.supervisor import todo_command
+from tododb.eventstore import AppendOnlyApplicationRecorder
+from tododb.infra.settings import Settings
+from tododb.projections.registry import KINDS, ReadSide
+from tododb.projections.rows import TodoRow
+from tododb.projections.worker import run_all
+
+pytestmark = pytest.mark.integration
+
+SOAK_SECONDS = float(os.environ.get("TODO_TEST_SOAK_SECONDS", "15"))
+"""How long the 64 writers run (the brief asked for about 20 s; 15 keeps the suite quick)."""
+
+
+def recorder_of(app: TodoApplication) -> AppendOnlyApplicationRecorder:
+    recorder = app.recorder
+    assert isinstance(recorder, AppendOnlyApplicationRecorder)
+    return recorder
+
+
+def stored(app: TodoApplication, todo: Todo) -> list[StoredEvent]:
+    return [app.mapper.to_stored_event(e) for e in todo.collect_events()]
+
+
+def rows_of(url: str, todo_ids: list[UUID]) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT originator_id, originator_version, notification_id, xmin::text "
+            "FROM todos_events WHERE originator_id = ANY(%s) ORDER BY notification_id",
+            (todo_ids,),
+        ).fetchall()
+
+
+# ---- one batch, each command its own outcome --------------------------------------------
+
+
+def a_lost_race(app: TodoApplication, owner: str) -> tuple[Todo, list[StoredEvent]]:
+    """A command decided on version 1 of a todo that meanwhile moved on to version 2."""
+    todo = app.create_todo(owner, title="contested").todo
+    stale = app.repository.get(todo.id)
+    assert isinstance(stale, Todo)
+    app.update_todo(owner, todo.id, {"title": "won the race"})
+    stale.change_title("lost the race")
+    return todo, stored(app, stale)
+
+
+BAD_DATA: dict[str, Callable[[StoredEvent], StoredEvent]] = {
+    # bigint overflows in the database: a DataError from the server
+    "version out of range": lambda e: replace(e, originator_version=2**63),
+    # PostgreSQL text refuses NUL: a DataError while the parameters are sent
+    "NUL in a topic": lambda e: replace(e, topic=e.topic + "\x00"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_DATA)
+def test_a_conflict_a_valid_command_and_bad_data_in_one_batch_each_get_their_own_outcome(
+    fresh_app: TodoApplication, fresh_database_url: str, bad: str
+) -> None:
+    contested, conflicting = a_lost_race(fresh_app, "mixer")
+    valid_todo = Todo.create(owner="mixer", title="valid", tags=["a"])
+    valid = stored(fresh_app, valid_todo)
+    broken_todo = Todo.create(owner="mixer", title="broken")
+    broken = [BAD_DATA[bad](e) for e in stored(fresh_app, broken_todo)]
+
+    conflict, ok, failed = recorder_of(fresh_app).write_batch([conflicting, valid, broken])
+
+    with pytest.raises(RecordConflictError):
+        conflict.outcome()
+    with pytest.raises(DataError):
+        failed.outcome()
+    [position] = ok.outcome()
+    assert [r[:3] for r in rows_of(fresh_database_url, [valid_todo.id])] == [
+        (valid_todo.id, 1, position)
+    ]
+    assert rows_of(fresh_database_url, [broken_todo.id]) == []
+    after = fresh_app.get_todo("mixer", contested.id)
+    assert (after.title, after.version) == ("won the race", 2)
+    assert fresh_app.get_todo("mixer", valid_todo.id).tags == ["a"]
+
+
+def test_a_batch_is_one_transaction_and_the_first_of_two_rivals_wins(
+    fresh_app: TodoApplication, fresh_database_url: str
+) -> None:
+    todo = fresh_app.create_todo("rivals", title="start").todo
+    first, second = fresh_app.repository.get(todo.id), fresh_app.repository.get(todo.id)
+    assert isinstance(first, Todo)
+    assert isinstance(second, Todo)
+    first.change_title("first")
+    second.change_title("second")
+    others = [Todo.create(owner="rivals", title=f"other {i}") for i in range(3)]
+    commands = [stored(fresh_app, first), stored(fresh_app, second)]
+    commands += [stored(fresh_app, t) for t in others]
+
+    items = recorder_of(fresh_app).write_batch(commands)
+
+    with pytest.raises(RecordConflictError):
+        items[1].outcome()
+    positions = [p for i in (0, 2, 3, 4) for p in items[i].outcome()]
+    assert positions == list(range(positions[0], positions[0] + 4))  # in queue order
+    rows = rows_of(fresh_database_url, [todo.id, *(t.id for t in others)])
+    batch_xmins = {xmin for _, _, position, xmin in rows if position in positions}
+    assert len(batch_xmins) == 1  # one transaction
+    assert fresh_app.get_todo("rivals", todo.id).title == "first"
+
+
+def test_commands_queued_together_are_written_together(
+    fresh_app: TodoApplication, fresh_database_url: str
+) -> None:
+    """While a batch waits for the table lock, others queue up behind it; they are
+    written in the next batch, one transaction for all."""
+    todos = [Todo.create(owner="queued", title=f"t{i}") for i in range(6)]
+    commands = [stored(fresh_app, t) for t in todos]
+    committer = recorder_of(fresh_app).committer
+    with psycopg.connect(fresh_database_url) as blocker:
+        blocker.execute("LOCK TABLE todos_events IN EXCLUSIVE MODE")
+        with ThreadPoolExecutor(6) as pool:
+            first = pool.submit(fresh_app.recorder.insert_events, commands[0])
+            wait_until(lambda: committer._leading and not committer._queue, what="a leader")
+            rest = [pool.submit(fresh_app.recorder.insert_events, c) for c in commands[1:]]
+            wait_until(lambda: len(committer._queue) == 5, what="five commands to queue")
+            blocker.rollback()  # lets the first batch take the lock
+            outcomes = [first.result(30), *(f.result(30) for f in rest)]
+    rows = rows_of(fresh_database_url, [t.id for t in todos])
+    batches = Counter(xmin for *_, xmin in rows)
+    assert sorted(batches.values()) == [1, 5]
+    assert sorted(p for o in outcomes for p in o) == [r[2] for r in rows]
+
+
+# ---- very large batches ----------------------------------------------------------------
+
+STATE = b'{"title": "a large batch", "description": "' + b"x" * 200 + b'"}'
+
+
+@pytest.mark.timeout(240)
+def test_very_large_batches_finish(fresh_app: TodoApplication) -> None:
+    """Commands of tens of thousands of events, several MB each: psycopg's pipeline hung
+    on these (the library's recorder did, about one time in two at 50,000 events)."""
+    recorder = recorder_of(fresh_app)
+    alone = [StoredEvent(uuid4(), 1, "big", STATE) for _ in range(50_000)]
+    positions = recorder.insert_events(alone)
+    assert positions == list(range(positions[0], positions[0] + 50_000))
+
+    # Two commands sharing a key take the checked path (pipelined): both several MB.
+    todo = uuid4()
+    winner = [StoredEvent(todo, v, "big", STATE) for v in range(1, 25_001)]
+    loser = [StoredEvent(todo, 25_000, "big", STATE)]
+    loser += [StoredEvent(uuid4(), 1, "big", STATE) for _ in range(24_999)]
+    first, second = recorder.write_batch([winner, loser])
+    assert len(first.outcome()) == 25_000
+    with pytest.raises(RecordConflictError):
+        second.outcome()
+
+
+# ---- 64 writers, the projections and the relay ------------------------------------------
+
+
+class Tail:
+    """A reader tailing the log the way the projections and the relay do (the library's
+    LISTEN/NOTIFY subscription), recording every position it is handed."""
+
+    def __init__(self, app: TodoApplication) -> None:
+        self.seen: list[int] = []
+        self.subscription = app.recorder.subscribe(gt=0)
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        for notification in self.subscription:
+            self.seen.append(notification.id)
+
+    def stop(self) -> None:
+        self.subscription.stop()
+        self.thread.join(timeout=30)
+
+
+class Mix:
+    """Creates and updates of a small set of shared todos, from many threads at once."""
+
+    OWNERS = [f"soak-{i}" for i in range(8)]
+
+    def __init__(self, app: TodoApplication) -> None:
+        self.app = app
+        self.hot: list[tuple[str, UUID]] = []
+        self.lock = threading.Lock()
+        self.outcomes: Counter[str] = Counter()
+
+    def run(self, writers: int, seconds: float) -> Counter[str]:
+        deadline = time.monotonic() + seconds
+        with ThreadPoolExecutor(writers) as pool:
+            for future in [pool.submit(self._writer, w, deadline) for w in range(writers)]:
+                future.result()
+        return self.outcomes
+
+    def _writer(self, seed: int, deadline: float) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < deadline:
+            try:
+                self._one(rng)
+                outcome = "ok"
+            except TodoGone:
+                outcome = "gone"
+            except PreconditionFailed:
+                outcome = "412"
+            except ConcurrencyConflict:
+                outcome = "gave up"
+            with self.lock:
+                self.outcomes[outcome] += 1
+
+    def _one(self, rng: random.Random) -> None:
+        with self.lock:
+            hot = list(self.hot[-24:])  # few todos, many writers: races on every one
+        roll = rng.random()
+        if roll < 0.2 or not hot:
+            owner = rng.choice(self.OWNERS)
+            created = self.app.create_todo(owner, title=f"t{rng.random():.6f}", tags=["soak"])
+            with self.lock:
+                self.hot.append((owner, created.todo.id))
+            return
+        owner, todo_id = rng.choice(hot)
+        if roll < 0.5:  # two events in one command
+            changes = {"title": f"r{rng.random():.6f}", "priority": rng.choice(["low", "high"])}
+            self.app.update_todo(owner, todo_id, changes)
+        elif roll < 0.65:
+            self.app.complete_todo(owner, todo_id)
+        elif roll < 0.8:
+            self.app.reopen_todo(owner, todo_id)
+        elif roll < 0.98:  # If-Match: a lost race is a 412, not a retry
+            version = self.app.get_todo(owner, todo_id).version
+            self.app.update_todo(
+                owner, todo_id, {"tags": [f"v{version}"]}, expected_version=version
+            )
+        else:
+            self.app.delete_todo(owner, todo_id)
+
+
+def log_rows(url: str) -> list[tuple[UUID, int, int]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT originator_id, originator_version, notification_id FROM todos_events "
+            "ORDER BY notification_id"
+        ).fetchall()
+
+
+def assert_views_equal_the_aggregates(app: TodoApplication, side: ReadSide, url: str) -> None:
+    last: dict[UUID, int] = {}
+    for todo_id, _, position in log_rows(url):
+        last[todo_id] = position
+    with side.connect() as conn:
+        rows = conn.execute(f"SELECT * FROM {side.schema}.todos").fetchall()
+        users = conn.execute(f"SELECT * FROM {side.schema}.stats_users").fetchall()
+    view = {r["id"]: TodoRow.from_record(r) for r in rows}
+    truth = {}
+    for todo_id, position in last.items():
+        todo = app.repository.get(todo_id)
+        assert isinstance(todo, Todo)
+        truth[todo_id] = TodoRow.from_aggregate(todo, position)
+    assert view == truth
+    expected: dict[str, list[int]] = {}
+    for row in truth.values():
+        if not row.deleted:
+            counts = expected.setdefault(row.owner, [0, 0, 0])
+            counts[0 if row.status == "open" else 1] += 1
+            counts[2] += 1
+    stats = {u["owner"]: [u["open"], u["completed"], u["total"]] for u in users if u["total"]}
+    assert stats == expected
+    for kind in KINDS:
+        view_ = side.open_view(kind, side.active_generation(kind))
+        try:
+            assert view_.quarantined() == []
+        finally:
+            view_.datastore.close()
+
+
+def assert_versions_contiguous(url: str) -> None:
+    """Each todo's versions run 1..n and its positions rise with its versions."""
+    versions: dict[UUID, list[tuple[int, int]]] = {}
+    for todo_id, version, position in log_rows(url):
+        versions.setdefault(todo_id, []).append((version, position))
+    for todo_id, pairs in versions.items():
+        assert [v for v, _ in pairs] == list(range(1, len(pairs) + 1)), todo_id
+
+
+async def soak(app: TodoApplication, side: ReadSide, s: Settings, tail: Tail) -> list[Any]:
+    """64 writers for ``SOAK_SECONDS`` with the projections and the relay running; once
+    the relay, the views and ``tail`` have all reached the head, every record on the topic."""
+    stop = threading.Event()
+    projections = threading.Thread(target=run_all, args=(side, stop), daemon=True)
+    projections.start()
+    relay = build_relay(s, side.database_url, app)
+    try:
+        async with running(relay.run):
+            outcomes = await asyncio.to_thread(Mix(app).run, 64, SOAK_SECONDS)
+            assert outcomes["ok"] > 1000, outcomes
+            head = app.head_position()
+            await eventually(lambda: relay.position() >= head, within=180, what="the relay")
+            await eventually(
+                lambda: all(side.position(k) >= head for k in KINDS), within=180, what="views"
+            )
+            await eventually(lambda: tail.seen and tail.seen[-1] >= head, what="the tail")
+        return await read_topic(str(s.kafka_bootstrap_servers), s.kafka_topic, within=120)
+    finally:
+        stop.set()
+        projections.join(timeout=60)
+        relay.tracking.datastore.close()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.asyncio(loop_scope="session")
+async def test_64_writers_every_event_reaches_the_views_once_and_the_topic_and_no_reader_skips(
+    kafka_broker: BrokerHandle,  # noqa: F811
+    settings: Settings,
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    s = kafka_settings(
+        settings, kafka_broker, database_url=url, db_pool_size=16, db_pool_max_overflow=8
+    )
+    app = build_application(s, url)
+    side = build_read_side(s, url)
+    side.ensure()
+    tail = Tail(app)
+    try:
+        records = await soak(app, side, s, tail)
+    finally:
+        tail.stop()
+        app.close()
+    positions = [position for _, _, position in log_rows(url)]
+    assert tail.seen == positions  # every position, once, in order: none skipped
+    published = Counter(int(json.loads(r.value)["sequence"]) for r in records)
+    assert set(published) == set(positions)  # at least once each
+    assert_versions_contiguous(url)
+    reader = build_application(s, url)
+    try:
+        assert_views_equal_the_aggregates(reader, side, url)
+    finally:
+        reader.close()
+
+
+# ---- kill -9 of `todo serve` mid-batch ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def killable_server(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """`todo serve` in a process of its own, to be killed by the test."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": fresh_database_url,
+        "TODO_JWT_SECRET": TEST_SECRET,
+        "TODO_DATA_DIR": str(tmp_path),
+        "TODO_LOG_LEVEL": "WARNING",
+        "TODO_RATE_LIMIT_ENABLED": "false",
+        "TODO_DB_POOL_SIZE": "20",
+    }
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        todo_command("serve", "--port", str(port)), env=env, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(base), timeout=30, what="todo serve to be ready")
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=15)
+        log.close()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Acknowledged:
+    """What the server answered 2xx to: creates, and each PATCH's version and title."""
+
+    def __init__(self) -> None:
+        self.created: set[UUID] = set()
+        self.patched: list[tuple[UUID, int, str]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return len(self.created) + len(self.patched)
+
+    def client(self, base: str, user: str, stop: threading.Event) -> None:
+        """Create a todo, then PATCH title and priority together (two events) repeatedly."""
+        headers = {"Authorization": f"Bearer {issue_token(TEST_SECRET, user)}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    self._session(http, stop)
+                except httpx.HTTPError:
+                    return  # the server is gone: whatever was in flight is unknown
+
+    def _session(self, http: httpx.Client, stop: threading.Event) -> None:
+        created = http.post("/v1/todos", json={"title": "fresh"})
+        assert created.status_code == 201, created.text
+        todo_id = UUID(created.json()["id"])
+        with self.lock:
+            self.created.add(todo_id)
+        for i in range(6):
+            if stop.is_set():
+                return
+            title = f"{todo_id} #{i}"
+            priority = "high" if i % 2 == 0 else "low"
+            r = http.patch(f"/v1/todos/{todo_id}", json={"title": title, "priority": priority})
+            assert r.status_code == 200, r.text
+            with self.lock:
+                self.patched.append((todo_id, r.json()["version"], title))
+
+
+def stored_events(url: str) -> dict[UUID, list[tuple[int, str, dict[str, Any]]]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT originator_id, originator_version, topic, state FROM todos_events "
+            "ORDER BY originator_id, originator_version"
+        ).fetchall()
+    events: dict[UUID, list[tuple[int, str, dict[str, Any]]]] = {}
+    for todo_id, version, topic, state in rows:
+        kind = topic.rsplit(".", 1)[-1]
+        events.setdefault(todo_id, []).append((version, kind, json.loads(bytes(state))))
+    return events
+
+
+def load_then_kill(base: str, proc: Any, clients: int = 24) -> Acknowledged:
+    """Clients without a pause between commands, so batches are always in flight; once
+    enough are acknowledged, SIGKILL the server."""
+    acked = Acknowledged()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=acked.client, args=(base, f"killer-{i}", stop), daemon=True)
+        for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: acked.count >= 600, timeout=60, what="commands to be acknowledged")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=15)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    return acked
+
+
+def test_kill_9_mid_batch_keeps_every_acknowledged_command_and_no_half_command(
+    killable_server: tuple[str, Any], fresh_database_url: str
+) -> None:
+    acked = load_then_kill(*killable_server)
+
+    events = stored_events(fresh_database_url)
+    assert acked.created <= set(events)
+    for todo_id, history in events.items():
+        kinds = [kind for _, kind, _ in history]
+        assert [v for v, _, _ in history] == list(range(1, len(history) + 1)), todo_id
+        # created, then (title, priority) pairs: a PATCH is there whole or not at all
+        assert kinds[0] == "Created", (todo_id, kinds)
+        assert len(kinds) % 2 == 1, (todo_id, kinds)
+        assert kinds[1::2] == ["TitleChanged"] * (len(kinds) // 2), (todo_id, kinds)
+        assert kinds[2::2] == ["PriorityChanged"] * (len(kinds) // 2), (todo_id, kinds)
+    for todo_id, version, title in acked.patched:
+        history = events[todo_id]
+        assert len(history) >= version, (todo_id, version)
+        assert history[version - 2][2]["title"] == title  # its own title, at its version

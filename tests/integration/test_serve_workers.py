@@ -1,0 +1,192 @@
+"""`todo serve --workers N`: N uvicorn worker processes, each with its own application,
+all serving one port, and a SIGTERM that stops them all cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import uvicorn
+
+from tests.conftest import TEST_SECRET, wait_until
+from tests.integration.test_cli import free_port
+from tododb.api.auth import issue_token
+from tododb.entrypoints.cli import tcp_listener
+from tododb.entrypoints.supervisor import todo_command
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 2
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    base: str
+    port: int
+    log: Path
+
+    def workers(self) -> list[psutil.Process]:
+        """uvicorn's worker processes (multiprocessing's resource tracker left out)."""
+        return [
+            child
+            for child in psutil.Process(self.proc.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+
+
+@pytest.fixture
+def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
+    """`todo serve --workers 2` in a process of its own, on an empty database."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": fresh_database_url,
+        "TODO_JWT_SECRET": TEST_SECRET,
+        "TODO_DATA_DIR": str(tmp_path),
+        "TODO_LOG_LEVEL": "WARNING",
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            todo_command("serve", "--port", str(port), "--workers", str(WORKERS)),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    served = Served(proc, f"http://127.0.0.1:{port}", port, log_path)
+    try:
+        wait_until(lambda: _ready(served), timeout=60, what="both workers to be ready")
+        yield served
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ready(served: Served) -> bool:
+    """Both workers finished their start-up (uvicorn logs it once per worker)."""
+    return served.log.read_text().count("Application startup complete.") == WORKERS
+
+
+def _server_pid(served: Served, client_port: int) -> int | None:
+    """The worker holding the server end of the client's connection from ``client_port``."""
+    for worker in served.workers():
+        for conn in worker.net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == client_port and conn.laddr.port == served.port:
+                return worker.pid
+    return None
+
+
+class Connection:
+    """One keep-alive HTTP connection whose local port is known (to find its worker)."""
+
+    def __init__(self, served: Served, headers: dict[str, str]) -> None:
+        self.http = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        self.http.connect()
+        self.local_port: int = self.http.sock.getsockname()[1]
+        self.headers = {**headers, "Content-Type": "application/json"}
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        payload = None if body is None else json.dumps(body)
+        self.http.request(method, path, body=payload, headers=self.headers)
+        response = self.http.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+
+
+def _connections_on_every_worker(served: Served, headers: dict[str, str]) -> list[Connection]:
+    """Keep-alive connections, opened until every worker has accepted at least one.
+
+    The kernel hands each new connection to whichever worker accepts first, so where a
+    connection lands is chance; the loop is bounded.
+    """
+    connections: list[Connection] = []
+    serving: set[int] = set()
+    while len(serving) < WORKERS and len(connections) < 200:
+        conn = Connection(served, headers)
+        connections.append(conn)
+        status, _ = conn.request("POST", "/v1/todos", {"title": f"opening {len(connections)}"})
+        assert status == 201
+        pid = _server_pid(served, conn.local_port)
+        if pid is not None:
+            serving.add(pid)
+    assert len(serving) == WORKERS, f"only workers {serving} accepted connections"
+    return connections
+
+
+def test_the_workers_socket_keeps_nagle_off() -> None:
+    """Connections accepted on the socket handed to the workers get TCP_NODELAY, as in the
+    one-process path: with Nagle on, each keep-alive request after a connection's first
+    waits ~40 ms for a delayed ACK (uvicorn binds that socket with ``proto`` 0)."""
+    listener = tcp_listener(uvicorn.Config("unused:app", host="127.0.0.1", port=0))
+    assert listener.proto == socket.IPPROTO_TCP
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await loop.create_server(Probe, sock=listener)
+        port = listener.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_two_workers_serve_the_port_and_sigterm_stops_them_all(served: Served) -> None:
+    workers = served.workers()
+    assert len(workers) == WORKERS, [w.cmdline() for w in workers]
+    headers = {"Authorization": f"Bearer {issue_token(TEST_SECRET, 'alice')}"}
+    connections = _connections_on_every_worker(served, headers)
+
+    def post_share(n: int) -> list[tuple[int, Any]]:
+        """Connection n's share of the 50 POSTs (a connection is used by one thread)."""
+        conn = connections[n]
+        return [
+            conn.request("POST", "/v1/todos", {"title": f"todo {i}"})
+            for i in range(n, 50, len(connections))
+        ]
+
+    with ThreadPoolExecutor(len(connections)) as pool:
+        answers = [a for share in pool.map(post_share, range(len(connections))) for a in share]
+    assert [status for status, _ in answers] == [201] * 50
+    ids = {body["id"] for _, body in answers}
+    assert len(ids) == 50
+    for todo_id in list(ids)[:5]:  # stored: the event store itself answers
+        status, events = connections[0].request("GET", f"/v1/todos/{todo_id}/events")
+        assert status == 200
+        assert [e["type"] for e in events] == ["todos.task.created"]
+    for conn in connections:
+        conn.http.close()
+
+    everything = [psutil.Process(served.proc.pid), *psutil.Process(served.proc.pid).children()]
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=30) == 0
+    _, alive = psutil.wait_procs(everything, timeout=15)
+    assert alive == [], f"left running: {alive}"
+    log = served.log.read_text()
+    assert log.count("Finished server process") == WORKERS, log
+    assert "Traceback" not in log, log

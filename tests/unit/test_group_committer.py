@@ -1,0 +1,196 @@
+"""The group committer's queueing, leadership and outcomes, with a stand-in for the database.
+
+The committer is handed ``connect`` and ``write``; here they are plain functions, so who
+leads, what forms a batch and who gets which outcome are tested without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+
+from tests.conftest import wait_until
+from tododb.eventstore.batches import Limits
+from tododb.eventstore.committer import Append, GroupCommitter, Unanswered
+from tododb.infra.postgres import DatabaseUnavailable
+
+
+def events(n: int = 1) -> list[StoredEvent]:
+    todo = uuid4()
+    return [StoredEvent(todo, v, "topic", b"{}") for v in range(1, n + 1)]
+
+
+class FakeStore:
+    """Numbers events as they are written; can hold a batch until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Append]] = []
+        self.threads: list[int] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.writing = threading.Event()
+        self.next_position = 1
+        self.connect_error: BaseException | None = None
+
+    @contextmanager
+    def connect(self) -> Iterator[str]:
+        if self.connect_error is not None:
+            raise self.connect_error
+        yield "conn"
+
+    def write(self, _conn: str, batch: list[Append]) -> None:
+        self.batches.append(batch)
+        self.threads.append(threading.get_ident())
+        self.writing.set()
+        self.hold.wait()
+        for item in batch:
+            first = self.next_position
+            self.next_position += len(item.events)
+            item.succeed(list(range(first, self.next_position)))
+
+
+def committer(store: FakeStore, **limits: int) -> GroupCommitter[str]:
+    return GroupCommitter(store.connect, store.write, Limits(**limits), queue_timeout=0.5)
+
+
+def test_one_writer_writes_its_own_command_on_its_own_thread() -> None:
+    store = FakeStore()
+    assert committer(store).append(events(2)) == [1, 2]
+    assert [len(b) for b in store.batches] == [1]
+    assert store.threads == [threading.get_ident()]  # no hand-off to another thread
+
+
+def test_commands_arriving_while_a_batch_is_written_form_the_next_batch() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    store.hold.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(gc.append, events())
+        wait_until(store.writing.is_set, what="the first batch to be written")
+        rest = [pool.submit(gc.append, events()) for _ in range(5)]
+        wait_until(lambda: len(gc._queue) == 5, what="five commands to queue behind it")
+        store.hold.set()
+        outcomes = [first.result(5), *(f.result(5) for f in rest)]
+    assert [len(b) for b in store.batches] == [1, 5]
+    assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
+
+
+def test_a_batch_is_split_at_its_limits_and_every_command_is_answered() -> None:
+    store = FakeStore()
+    gc = committer(store, commands=2)
+    store.hold.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(gc.append, events())
+        wait_until(store.writing.is_set, what="the first batch")
+        rest = [pool.submit(gc.append, events()) for _ in range(5)]
+        wait_until(lambda: len(gc._queue) == 5, what="five commands to queue")
+        store.hold.set()
+        assert all(f.result(5) for f in [first, *rest])
+    assert [len(b) for b in store.batches] == [1, 2, 2, 1]
+
+
+def test_no_connection_fails_every_waiting_command_at_once() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    store.hold.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(gc.append, events())
+        wait_until(store.writing.is_set, what="the first batch")
+        store.connect_error = DatabaseUnavailable("pool timeout")
+        rest = [pool.submit(gc.append, events()) for _ in range(4)]
+        wait_until(lambda: len(gc._queue) == 4, what="four commands to queue")
+        store.hold.set()
+        assert first.result(5) == [1]
+        for future in rest:
+            with pytest.raises(DatabaseUnavailable):
+                future.result(5)
+    assert [len(b) for b in store.batches] == [1]  # the four failed in one go
+
+
+def test_a_batch_wide_failure_reaches_each_of_its_commands_and_the_next_batch_works() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    calls = 0
+
+    def flaky(conn: str, batch: list[Append]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("connection lost")
+        store.write(conn, batch)
+
+    gc._write = flaky
+    with pytest.raises(OperationalError) as raised:
+        gc.append(events())
+    assert raised.value.__cause__ is not None  # a copy of its own, chained to the original
+    assert gc.append(events()) == [1]
+
+
+def test_each_command_gets_its_own_outcome() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    items = [Append(events()), Append(events()), Append(events())]
+
+    def mixed(_conn: str, batch: list[Append]) -> None:
+        batch[0].fail(IntegrityError("conflict"))
+        batch[1].succeed([7])
+        batch[2].fail(ValueError("bad data"))
+
+    gc._write = mixed
+    gc.write_together(items)
+    with pytest.raises(IntegrityError):
+        items[0].outcome()
+    assert items[1].outcome() == [7]
+    with pytest.raises(ValueError, match="bad data"):
+        items[2].outcome()
+
+
+def test_a_command_left_unanswered_is_an_error_not_a_hang() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    gc._write = lambda _conn, _batch: None
+    with pytest.raises(Unanswered):
+        gc.append(events())
+
+
+def test_a_full_queue_is_a_bounded_wait() -> None:
+    store = FakeStore()
+    gc = committer(store, queue=1)
+    store.hold.clear()
+    with ThreadPoolExecutor(2) as pool:
+        first: Future[list[int]] = pool.submit(gc.append, events())
+        wait_until(store.writing.is_set, what="the first batch")
+        with pytest.raises(DatabaseUnavailable, match="queue"):
+            gc.append(events())
+        store.hold.set()
+        assert first.result(5) == [1]
+
+
+def test_a_writer_interrupted_while_waiting_leaves_the_queue_and_the_lead_moves_on() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    leader, follower, behind = Append(events()), Append(events()), Append(events())
+    gc._leading = True  # as if a batch were being written
+    gc._queue.extend([leader, follower, behind])
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    follower.wait = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        gc._follow(follower)
+    assert list(gc._queue) == [leader, behind]
+    assert not leader.lead  # a plain follower leaving promotes nobody
+
+    leader.promote()  # the batch is done: the head was just made leader, then interrupted
+    leader.wait = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        gc._follow(leader)
+    assert list(gc._queue) == [behind]
+    assert behind.lead  # the lead moved on instead of being lost

@@ -1,0 +1,192 @@
+"""The event store's recorder: the library's, append-only in the database, with group commit.
+
+The guard lives in PostgreSQL, not in Python, so no client (a bug, a console session,
+another service) can rewrite history: UPDATE, DELETE and TRUNCATE on the events table
+raise an error.
+
+Appends go through the process's ``GroupCommitter``: concurrent commands share one
+transaction, one table lock and one WAL flush (see ``committer`` and ``writer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
+from psycopg import Connection
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from tododb.eventstore.batches import Limits
+from tododb.eventstore.committer import Append, GroupCommitter
+from tododb.eventstore.writer import BatchWriter
+
+
+class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
+    """``PostgresApplicationRecorder`` plus triggers that reject changes to history, and
+    appends written by the process's group committer."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements.extend(self._append_only_statements())
+        self.writer = BatchWriter(
+            self.datastore.schema,
+            self.events_table_name,
+            self.channel_name,
+            self.datastore.lock_timeout,
+        )
+        self.sql_create_statements.extend(self.writer.statements)
+        self.committer: GroupCommitter[Connection[DictRow]] = GroupCommitter(
+            self.datastore.get_connection,
+            self.writer.write,
+            Limits(),
+            queue_timeout=self.datastore.pool.timeout,
+        )
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Store one command's events (all or none) through group commit; their positions.
+
+        Calls with ``tracking`` (a process application's) keep the library's own path, as
+        do datastores the committer was not written for (database functions, text ids).
+        """
+        if kwargs.get("tracking") is not None or not self._groups_commits():
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return ids
+        if not stored_events:
+            return []
+        positions: list[int] = self._append(stored_events)
+        return positions
+
+    def _groups_commits(self) -> bool:
+        """The batch writer's functions take uuid ids and replace the library's own
+        database functions; other set-ups keep the library's path."""
+        datastore = self.datastore
+        return datastore.originator_id_type == "uuid" and not datastore.enable_db_functions
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _append(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """Retried like the library's ``insert_events``: a batch whose connection dropped
+        (maybe around COMMIT) is submitted again, and meets its own rows if it committed."""
+        return self.committer.append(stored_events)
+
+    def write_batch(self, commands: Sequence[Sequence[StoredEvent]]) -> list[Append]:
+        """Write ``commands`` as one batch, as the committer writes what it collects (for
+        tests and tools); each ``Append`` carries its own outcome (``outcome()``)."""
+        items = [Append(events) for events in commands]
+        self.committer.write_together(items)
+        return items
+
+    def _append_only_statements(self) -> list[Composed]:
+        """A trigger function raising on UPDATE, DELETE and TRUNCATE, and its triggers."""
+        table = self.events_table_name
+        names = {
+            "schema": Identifier(self.datastore.schema),
+            "table": Identifier(table),
+            "function": Identifier(f"{table}_reject_change"),
+        }
+        trigger = (
+            "CREATE OR REPLACE TRIGGER {trigger} BEFORE {events} ON {schema}.{table} "
+            "FOR EACH {each} EXECUTE FUNCTION {schema}.{function}()"
+        )
+        return [
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{function}() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'the event store is append-only: % on % rejected', "
+                "TG_OP, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege'; "
+                "END $$"
+            ).format(**names),
+            SQL(trigger).format(
+                trigger=Identifier(f"{table}_append_only"),
+                events=SQL("UPDATE OR DELETE"),
+                each=SQL("ROW"),
+                **names,
+            ),
+            SQL(trigger).format(
+                trigger=Identifier(f"{table}_no_truncate"),
+                events=SQL("TRUNCATE"),
+                each=SQL("STATEMENT"),
+                **names,
+            ),
+        ]
+
+    def _create_table(self, curs: Any) -> None:
+        # Serialise schema set-up: several processes may start at once, and concurrent
+        # CREATE OR REPLACE FUNCTION on one function fails with "tuple concurrently updated".
+        curs.execute(SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))"))
+        super()._create_table(curs)
+
+    def select_partition(
+        self, after: int, until: int, partitions: int, partition: int, limit: int
+    ) -> list[Notification]:
+        """Notifications in (after, until] of the todos whose id falls in ``partition``.
+
+        Lets several processes replay the log in parallel, each reading only its share.
+        """
+        statement = SQL(
+            "SELECT * FROM {schema}.{table} WHERE notification_id > %s AND notification_id <= %s "
+            "AND get_byte(uuid_send(originator_id), 15) %% %s = %s "
+            "ORDER BY notification_id LIMIT %s"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (after, until, partitions, partition, limit), prepare=True)
+            return [
+                Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
+
+    def last_position(self, originator_id: Any) -> int | None:
+        """Global log position of the aggregate's latest event."""
+        statement = SQL(
+            "SELECT notification_id FROM {schema}.{table} WHERE originator_id = %s "
+            "ORDER BY originator_version DESC LIMIT 1"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (originator_id,))
+            row = curs.fetchone()
+        return None if row is None else int(row["notification_id"])
+
+    def positions(self, originator_id: Any) -> dict[int, int]:
+        """Version → global log position, for listing a todo's events."""
+        statement = SQL(
+            "SELECT originator_version, notification_id FROM {schema}.{table} "
+            "WHERE originator_id = %s"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (originator_id,))
+            return {int(r["originator_version"]): int(r["notification_id"]) for r in curs}
+
+    def first_events(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
+        """The first stored event (version 1) of each aggregate, in one query."""
+        statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = ANY(%s) AND originator_version = 1"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (list(originator_ids),), prepare=True)
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
