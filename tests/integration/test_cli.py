@@ -96,7 +96,10 @@ def test_dev_starts_everything_serves_requests_and_stops_cleanly_on_ctrl_c(
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, timeout=60, what="the dev API to be ready")
+        try:
+            wait_until(ready, timeout=60, what="the dev API to be ready")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the log's tail:\n{''.join(lines[-120:])}") from None
         auth = {"Authorization": f"Bearer {token}"}
         created = httpx.post(f"{base}/v1/todos", json={"title": "dev mode"}, headers=auth)
         assert created.status_code == 201
@@ -105,7 +108,7 @@ def test_dev_starts_everything_serves_requests_and_stops_cleanly_on_ctrl_c(
             headers={"X-Min-Position": created.headers["X-Position"], **auth},
             timeout=10,
         )
-        assert seen.status_code == 200
+        assert seen.status_code == 200, f"{seen.text}\n{''.join(lines[-120:])}"
         assert [t["title"] for t in seen.json()["items"]] == ["dev mode"]
         postmaster = int((tmp_path / "data" / "pgdata" / "postmaster.pid").read_text().split()[0])
         proc.send_signal(signal.SIGINT)

@@ -22,6 +22,10 @@ then which of the given keys are already stored).
 - **A connection failure fails the whole batch**; the caller retries it, as the library
   retries its own inserts, and a retry that meets its own committed rows is a conflict
   the application recognises as its own success.
+- **Unprepared statements.** psycopg marks a statement prepared once it has queued its
+  Parse; after an error earlier in a pipeline the server skips that Parse, and the next
+  use fails with "prepared statement _pg3_N does not exist". Conflicts in a pipeline are
+  expected here, so these statements are never prepared.
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ class BatchWriter:
 
         def steps(pipeline: Pipeline) -> list[TupleRow]:
             with conn.cursor() as cur:
-                cur.execute(b"BEGIN")
+                cur.execute(b"BEGIN", prepare=False)
             return self._append_and_commit(conn, pipeline, batch)
 
         positions = positions_by_key(_pipelined(conn, steps))
@@ -166,8 +170,8 @@ class BatchWriter:
 
         def steps(pipeline: Pipeline) -> list[TupleRow]:
             with conn.cursor() as cur, conn.cursor(row_factory=tuple_row) as sel:
-                cur.execute(b"BEGIN")
-                sel.execute(self.lock_taken_sql, _key_columns(all_keys(batch)))
+                cur.execute(b"BEGIN", prepare=False)
+                sel.execute(self.lock_taken_sql, _key_columns(all_keys(batch)), prepare=False)
                 _sync(conn, pipeline)
                 wins.extend(decide((item.keys for item in batch), set(sel.fetchall())))
                 winners = [item for item, won in zip(batch, wins, strict=True) if won]
@@ -186,8 +190,8 @@ class BatchWriter:
         with conn.cursor() as cur, conn.cursor(row_factory=tuple_row) as ins:
             if winners:
                 events = [event for item in winners for event in item.events]
-                ins.execute(self.append_sql, _columns(all_keys(winners), events))
-            cur.execute(b"COMMIT")
+                ins.execute(self.append_sql, _columns(all_keys(winners), events), prepare=False)
+            cur.execute(b"COMMIT", prepare=False)
             _sync(conn, pipeline)
             return ins.fetchall() if winners else []
 
@@ -202,10 +206,10 @@ class BatchWriter:
         """Check and append one command in a savepoint; its error undoes only itself."""
         try:
             with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute(self.lock_taken_sql, _key_columns(item.keys))
+                cur.execute(self.lock_taken_sql, _key_columns(item.keys), prepare=False)
                 if not decide([item.keys], claimed | set(cur.fetchall()))[0]:
                     return conflict(item)
-                cur.execute(self.append_sql, _columns(item.keys, item.events))
+                cur.execute(self.append_sql, _columns(item.keys, item.events), prepare=False)
                 positions = positions_by_key(cur.fetchall())
         except Exception as e:
             if is_connection_error(e):
@@ -267,7 +271,7 @@ def _rollback(conn: Connection[Any]) -> None:
     status = conn.info.transaction_status
     if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         with contextlib.suppress(psycopg.Error):
-            conn.execute(b"ROLLBACK")
+            conn.execute(b"ROLLBACK", prepare=False)
 
 
 def _sync(conn: Connection[Any], pipeline: Pipeline) -> None:

@@ -116,6 +116,7 @@ class ReadSide:
         view_tables = VIEW_CLASSES[kind].sql_views_for(generation_name(kind, generation))
         schema = Identifier(self.schema)
         with self.connect() as conn, conn.transaction():
+            conn.execute(DDL_LOCK)  # concurrent CREATE OR REPLACE VIEW races on pg_type
             for view_name, table in view_tables.items():
                 conn.execute(
                     SQL("CREATE OR REPLACE VIEW {0}.{1} AS SELECT * FROM {0}.{2}").format(

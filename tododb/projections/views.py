@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
@@ -115,6 +115,16 @@ class TodoRowsView(PostgresTrackingRecorder):
     @property
     def rows_table_name(self) -> str:
         return self.prefix
+
+    def create_table(self) -> None:
+        """The library reads whether the tracking table's migration is recorded before it
+        takes our DDL lock; two processes opening one generation at once (`todo dev`
+        starting the API and the workers) both find it missing and the second to record
+        it fails. That one simply looks again, and finds the work done."""
+        try:
+            super().create_table()
+        except IntegrityError:
+            super().create_table()
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         curs.execute(DDL_LOCK)  # the library's CREATE TABLE IF NOT EXISTS, serialised too
