@@ -10,8 +10,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -30,6 +28,7 @@ from eventsourcing.persistence import DataError, RecordConflictError, StoredEven
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.conftest import TEST_SECRET, wait_until
 from tests.downstream import eventually, kafka_settings, read_topic, running
+from tests.servers import serving
 from tododb.api.auth import issue_token
 from tododb.application import (
     ConcurrencyConflict,
@@ -40,7 +39,6 @@ from tododb.application import (
 from tododb.devservers.tansu import BrokerHandle
 from tododb.domain import Todo
 from tododb.entrypoints.bootstrap import build_application, build_read_side, build_relay
-from tododb.entrypoints.supervisor import todo_command
 from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.infra.settings import Settings
 from tododb.projections.registry import KINDS, ReadSide
@@ -380,46 +378,12 @@ async def test_64_writers_every_event_reaches_the_views_once_and_the_topic_and_n
 # ---- kill -9 of `todo serve` mid-batch ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def killable_server(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """`todo serve` in a process of its own, to be killed by the test."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": fresh_database_url,
-        "TODO_JWT_SECRET": TEST_SECRET,
-        "TODO_DATA_DIR": str(tmp_path),
-        "TODO_LOG_LEVEL": "WARNING",
-        "TODO_RATE_LIMIT_ENABLED": "false",
-        "TODO_DB_POOL_SIZE": "20",
-    }
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        todo_command("serve", "--port", str(port)), env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _ready(base), timeout=30, what="todo serve to be ready")
+    settings = {"rate_limit_enabled": "false", "db_pool_size": "20"}
+    with serving(fresh_database_url, tmp_path, **settings) as (base, proc):
         yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=15)
-        log.close()
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class Acknowledged:

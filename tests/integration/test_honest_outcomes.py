@@ -7,9 +7,6 @@ Each test runs on a PostgreSQL server of its own (tests/faults.py), crashed and 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,9 +21,9 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import PROBLEM, TEST_SECRET, api_for, create_database, wait_until
 from tests.faults import CommitDropper, DisposablePostgres
+from tests.servers import ready, serving
 from tododb.api.auth import issue_token
 from tododb.entrypoints.bootstrap import build_application, build_read_side
-from tododb.entrypoints.supervisor import todo_command
 from tododb.infra.postgres import with_database
 from tododb.infra.settings import Settings
 from tododb.projections.worker import run_all
@@ -84,45 +81,12 @@ def test_a_command_whose_commit_answer_was_lost_reports_success(
         proxy.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def served(faulty_pg: DisposablePostgres, tmp_path: Path) -> Iterator[str]:
     """`todo serve` in a process of its own, on the faulty server, with a short timeout."""
     url = with_database(faulty_pg.url, create_database(faulty_pg.url))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "TODO_JWT_SECRET": TEST_SECRET,
-        "TODO_DB_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
-        "TODO_DATA_DIR": str(tmp_path),
-        "TODO_LOG_LEVEL": "WARNING",
-    }
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        todo_command("serve", "--port", str(port)), env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _ready(base), timeout=30, what="todo serve to be ready")
+    with serving(url, tmp_path, db_connect_timeout=str(CONNECT_TIMEOUT)) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _timed_create(base: str, token: str) -> tuple[int, float, str]:
@@ -180,7 +144,7 @@ def test_an_outage_is_answered_in_time_and_service_resumes_promptly(
     )
     recovered = time.monotonic() - back
     assert recovered < 2.0, f"service resumed {recovered:.1f}s after the database returned"
-    assert _ready(served)
+    assert ready(served)
 
 
 def test_the_projections_resume_promptly_after_an_outage(
