@@ -141,16 +141,18 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement, (after, until, partitions, partition, limit), prepare=True)
-            return [
-                Notification(
-                    id=row["notification_id"],
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            ]
+            return [_notification(row) for row in curs.fetchall()]
+
+    def select_positions(self, positions: Sequence[int]) -> list[Notification]:
+        """The stored events at ``positions``, in log order (the relay re-encodes
+        quarantined ones through this, not with SQL of its own on the events table)."""
+        statement = SQL(
+            "SELECT * FROM {schema}.{table} WHERE notification_id = ANY(%s) "
+            "ORDER BY notification_id"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (list(positions),))
+            return [_notification(row) for row in curs.fetchall()]
 
     def last_position(self, originator_id: Any) -> int | None:
         """Global log position of the aggregate's latest event."""
@@ -190,3 +192,13 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
                 )
                 for row in curs.fetchall()
             ]
+
+
+def _notification(row: dict[str, Any]) -> Notification:
+    return Notification(
+        id=row["notification_id"],
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )

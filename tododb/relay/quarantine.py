@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.sql import SQL, Composable, Identifier
 
@@ -272,27 +271,6 @@ class QuarantineStore:
                 (todo_id,),
             ).fetchall()
         return [r["position"] for r in rows]
-
-    def notifications(self, positions: Sequence[int]) -> list[Notification]:
-        """The stored events at ``positions``, in log order, to be encoded once more."""
-        with self.connect() as conn:
-            rows = conn.execute(
-                self._sql(
-                    "SELECT notification_id, originator_id, originator_version, topic, state "
-                    "FROM {events} WHERE notification_id = ANY(%s) ORDER BY notification_id"
-                ),
-                (list(positions),),
-            ).fetchall()
-        return [
-            Notification(
-                id=r["notification_id"],
-                originator_id=r["originator_id"],
-                originator_version=r["originator_version"],
-                topic=r["topic"],
-                state=bytes(r["state"]),
-            )
-            for r in rows
-        ]
 
     def resolve(self, outcome: Resolution) -> None:
         """Write a retry's or skip's outcome and clear the todo's request, in one go."""

@@ -528,7 +528,7 @@ class Relay:
     def _reencode(self, positions: list[int]) -> tuple[list[OutgoingMessage], list[Failure]]:
         if not positions:
             return [], []
-        return self.decoder.convert(self.store.notifications(positions))
+        return self.decoder.convert(self.recorder.select_positions(positions))
 
     async def _publish_released(
         self,
