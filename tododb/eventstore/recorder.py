@@ -15,10 +15,12 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
+    ApplicationRecorder,
     InterfaceError,
     Notification,
     OperationalError,
     StoredEvent,
+    Subscription,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
@@ -28,6 +30,7 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from tododb.eventstore.batches import Limits
 from tododb.eventstore.committer import Append, GroupCommitter
+from tododb.eventstore.subscription import WakingSubscription
 from tododb.eventstore.writer import BatchWriter
 
 
@@ -51,6 +54,12 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
             Limits(),
             queue_timeout=self.datastore.pool.timeout,
         )
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        """The library's subscription, minus its lost wake-up (see ``subscription``)."""
+        return WakingSubscription(recorder=self, gt=gt, topics=topics)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
