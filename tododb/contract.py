@@ -1,14 +1,21 @@
 """The published Kafka contract: what downstream systems code against (version 1).
 
 Every event on topic ``todos.task`` is a CloudEvents 1.0 structured JSON message
-(header ``content-type: application/cloudevents+json``) whose Kafka key is the todo id.
-This module names the event types and the envelope's attributes, and parses a message
-into a :class:`TodoEvent`. It imports nothing of tododb's domain, so a consumer, in this
-repository or another team's, depends on this file alone (plus the CloudEvents SDK).
+(header ``content-type: application/cloudevents+json``) whose Kafka key and ``subject``
+are the id of the aggregate it is about: the todo's for ``todos.task.*`` events, the
+list's for ``todos.list.*`` events. This module names the event types and the
+envelope's attributes, and parses a message into a :class:`TodoEvent`. It imports
+nothing of tododb's domain, so a consumer, in this repository or another team's,
+depends on this file alone (plus the CloudEvents SDK).
 
 Compatibility: within a major version, types and attributes are only ever added; a
 consumer ignores types it does not know. ``id`` is stable per event (a re-send keeps
-it), so consumers dedupe on it; one todo's events keep their order within a partition.
+it), so consumers dedupe on it; one aggregate's events keep their order within a
+partition (a todo's and its list's events are on different keys: no order between them).
+
+History: 1.0 the ten ``todos.task.*`` types; 1.1 lists (``todos.list.*``), moves,
+assignees, recurrence, steps, and the ``actor`` attribute (messages of 1.0 have none:
+their actor is the owner, and ``parse_message`` says so).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from uuid import UUID
 from cloudevents.core.bindings.kafka import KafkaMessage, from_structured
 from cloudevents.core.formats.json import JSONFormat
 
-CONTRACT_VERSION: Final = "1.0"
+CONTRACT_VERSION: Final = "1.1"
 """Major.minor of this contract; a new major means a new topic."""
 
 TOPIC: Final = "todos.task"
@@ -41,8 +48,29 @@ TASK_TAGS_CHANGED: Final = "todos.task.tags_changed"
 TASK_COMPLETED: Final = "todos.task.completed"
 TASK_REOPENED: Final = "todos.task.reopened"
 TASK_DELETED: Final = "todos.task.deleted"
+# 1.1
+TASK_MOVED: Final = "todos.task.moved"
+TASK_ASSIGNED: Final = "todos.task.assigned"
+TASK_UNASSIGNED: Final = "todos.task.unassigned"
+TASK_RECURRENCE_SET: Final = "todos.task.recurrence_set"
+TASK_RECURRENCE_CLEARED: Final = "todos.task.recurrence_cleared"
+TASK_STEP_ADDED: Final = "todos.task.step_added"
+TASK_STEP_RENAMED: Final = "todos.task.step_renamed"
+TASK_STEP_CHECKED: Final = "todos.task.step_checked"
+TASK_STEP_UNCHECKED: Final = "todos.task.step_unchecked"
+TASK_STEP_REMOVED: Final = "todos.task.step_removed"
+TASK_STEP_MOVED: Final = "todos.task.step_moved"
 
-EVENT_TYPES: Final = (
+LIST_CREATED: Final = "todos.list.created"
+LIST_RENAMED: Final = "todos.list.renamed"
+LIST_MEMBER_SET: Final = "todos.list.member_set"
+LIST_MEMBER_REMOVED: Final = "todos.list.member_removed"
+LIST_DELETED: Final = "todos.list.deleted"
+
+TASK_PREFIX: Final = "todos.task."
+LIST_PREFIX: Final = "todos.list."
+
+TASK_EVENT_TYPES: Final = (
     TASK_CREATED,
     TASK_TITLE_CHANGED,
     TASK_DESCRIPTION_CHANGED,
@@ -53,21 +81,52 @@ EVENT_TYPES: Final = (
     TASK_COMPLETED,
     TASK_REOPENED,
     TASK_DELETED,
+    TASK_MOVED,
+    TASK_ASSIGNED,
+    TASK_UNASSIGNED,
+    TASK_RECURRENCE_SET,
+    TASK_RECURRENCE_CLEARED,
+    TASK_STEP_ADDED,
+    TASK_STEP_RENAMED,
+    TASK_STEP_CHECKED,
+    TASK_STEP_UNCHECKED,
+    TASK_STEP_REMOVED,
+    TASK_STEP_MOVED,
 )
+LIST_EVENT_TYPES: Final = (
+    LIST_CREATED,
+    LIST_RENAMED,
+    LIST_MEMBER_SET,
+    LIST_MEMBER_REMOVED,
+    LIST_DELETED,
+)
+EVENT_TYPES: Final = (*TASK_EVENT_TYPES, *LIST_EVENT_TYPES)
+
+ROLES: Final = ("owner", "editor", "viewer")
+"""List members' roles (``data.role`` of ``todos.list.member_set``)."""
 
 # ---- envelope attributes beyond the CloudEvents core ----------------------------------
 
 SEQUENCE: Final = "sequence"
 """The global log position, as a string (the CloudEvents Sequence extension)."""
 AGGREGATE_VERSION: Final = "aggregateversion"
-"""The todo's version after this event: 1 for ``created``, then +1 per event."""
+"""The aggregate's version after this event: 1 for ``created``, then +1 per event."""
 OWNER: Final = "owner"
-"""The todo's owner (user id), so consumers need no state to know it."""
+"""The owner (user id) of the todo, or of the list (who created it), so consumers need no
+state to know it."""
+ACTOR: Final = "actor"
+"""The user whose command caused the event (1.1). For events recorded before actors
+were, the owner (the only one who could act then)."""
 
 
 @dataclass(frozen=True)
 class TodoEvent:
-    """What a consumer gets out of a message: the envelope attributes it relies on."""
+    """What a consumer gets out of a message: the envelope attributes it relies on.
+
+    ``todo_id`` is the message's subject (and key): for ``todos.list.*`` events it is the
+    list's id (see ``aggregate_id``, ``list_id``). ``actor`` is never empty: a 1.0 message
+    has no actor attribute and gets its owner.
+    """
 
     id: str
     type: str
@@ -77,6 +136,30 @@ class TodoEvent:
     sequence: int
     version: int
     data: dict[str, Any]
+    actor: str
+
+    @property
+    def aggregate_id(self) -> str:
+        """The id of what the event is about: the todo's, or the list's."""
+        return self.todo_id
+
+    @property
+    def is_list_event(self) -> bool:
+        return self.type.startswith(LIST_PREFIX)
+
+    @property
+    def is_task_event(self) -> bool:
+        return self.type.startswith(TASK_PREFIX)
+
+    @property
+    def list_id(self) -> str | None:
+        """The list the event names: a list event's own id; for a task event, the list
+        it was created in or moved to (``created`` and ``moved`` only; None otherwise,
+        also for a ``created`` of 1.0, which means the owner's Inbox)."""
+        if self.is_list_event:
+            return self.todo_id
+        value = self.data.get("list_id")
+        return str(UUID(value)) if isinstance(value, str) else None
 
 
 class BadEnvelope(ValueError):
@@ -101,15 +184,20 @@ def parse_message(value: bytes | None, key: bytes | None = None, headers: Any = 
         time = event.get_time()
         if time is None:
             raise BadEnvelope("no time attribute")
+        owner = _required_str(attributes, OWNER)
+        actor = attributes.get(ACTOR)
+        if actor is not None and (not isinstance(actor, str) or not actor):
+            raise BadEnvelope(f"extension attribute {ACTOR!r} is not a user id")
         return TodoEvent(
             id=event.get_id(),
             type=event.get_type(),
             todo_id=str(UUID(str(event.get_subject()))),
-            owner=_required_str(attributes, OWNER),
+            owner=owner,
             time=time,
             sequence=int(attributes[SEQUENCE]),
             version=int(attributes[AGGREGATE_VERSION]),
             data=data,
+            actor=actor or owner,
         )
     except BadEnvelope:
         raise

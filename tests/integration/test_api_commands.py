@@ -8,6 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.conftest import PROBLEM, create_todo
+from tododb.domain import inbox_id
 
 
 def create(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
@@ -15,7 +16,7 @@ def create(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
 
 
 def test_create_returns_the_todo_location_etag_and_position(
-    client: TestClient, headers: dict[str, str]
+    client: TestClient, headers: dict[str, str], user: str
 ) -> None:
     r = create(
         client,
@@ -36,8 +37,17 @@ def test_create_returns_the_todo_location_etag_and_position(
     assert todo["status"] == "open"
     assert todo["completed_at"] is None
     assert todo["version"] == 1
+    assert todo["list_id"] == str(inbox_id(user))
+    assert todo["steps"] == []
+    assert (todo["assignee"], todo["recurrence"], todo["completions"]) == (None, None, 0)
     assert set(todo) == {
         "id",
+        "list_id",
+        "order_key",
+        "assignee",
+        "recurrence",
+        "steps",
+        "completions",
         "title",
         "description",
         "due",
@@ -106,7 +116,7 @@ def test_patch_changes_any_subset_and_null_due_clears(
 
 
 def test_complete_reopen_delete_and_their_events(
-    client: TestClient, headers: dict[str, str]
+    client: TestClient, headers: dict[str, str], user: str
 ) -> None:
     todo = create(client, headers).json()
     url = f"/v1/todos/{todo['id']}"
@@ -139,6 +149,8 @@ def test_complete_reopen_delete_and_their_events(
     ]
     assert [e["version"] for e in body] == [1, 2, 3, 4]
     assert body[0]["data"]["title"] == "Buy milk"
+    assert body[-1]["data"]["reason"] == "deleted"
+    assert {e["actor"] for e in body} == {user}
     positions = [e["position"] for e in body]
     assert positions == sorted(positions)
     assert len({e["id"] for e in body}) == 4

@@ -93,11 +93,25 @@ RULES_BEYOND_THE_SCHEMA = {
     ("PATCH", "/v1/todos/{todo_id}"),
     # A cursor is opaque: only one the API issued, for the same query (400).
     ("GET", "/v1/todos"),
+    ("GET", "/v1/lists"),
     ("GET", "/v1/notifications"),
     # `from` at most 366 days before `to`, and not after it (422).
     ("GET", "/v1/analytics"),
     # The secret may not hold control characters (422).
     ("POST", "/v1/webhooks"),
+    # Neighbours must be live todos of the target list, in order (422).
+    ("POST", "/v1/todos/{todo_id}/move"),
+    # Step texts and list names are 1-500 / 1-100 characters after stripping; a todo has
+    # at most 100 steps and a list 100 members (422).
+    ("POST", "/v1/todos/{todo_id}/steps"),
+    ("PATCH", "/v1/todos/{todo_id}/steps/{step_id}"),
+    ("POST", "/v1/lists"),
+    ("PATCH", "/v1/lists/{list_id}"),
+    ("PUT", "/v1/lists/{list_id}/members/{member}"),
+}
+WAITS_FOR_THE_READ_MODEL = {
+    # Deleting a list first waits for the todos view to name the list's todos.
+    ("DELETE", "/v1/lists/{list_id}"),
 }
 
 
@@ -120,6 +134,7 @@ def only_planned_503s(ctx: CheckContext, response: Response, case: Any) -> None:
         return
     kind = response.json().get("type", "").rsplit("/", 1)[-1]
     waited = any(name.lower() == "x-min-position" for name in case.headers or {})
+    waited = waited or (case.method, case.operation.path) in WAITS_FOR_THE_READ_MODEL
     assert waited, response.text
     assert kind in ("read-model-behind", "too-many-waits"), response.text
 
@@ -155,11 +170,16 @@ def checks_for(case: Any) -> list[Any]:
 
 
 class Caller:
-    """Who calls with a token: a fresh user, with an open, a completed and a deleted todo."""
+    """Who calls with a token: a fresh user, with an open, a completed and a deleted todo,
+    a step on the open one, and a list of their own."""
 
-    def __init__(self, user: str, todo_ids: list[str]) -> None:
+    def __init__(
+        self, user: str, todo_ids: list[str], list_id: str = "", step_id: str = ""
+    ) -> None:
         self.user = user
         self.todo_ids = todo_ids
+        self.list_id = list_id
+        self.step_id = step_id
         self.headers = bearer(user)
         self.admin_headers = bearer(f"{user}-admin", admin=True)
 
@@ -230,7 +250,12 @@ def caller(running_app: TestClient) -> Caller:
     assert r.status_code == 200, r.text
     r = running_app.delete(f"/v1/todos/{ids[2]}", headers=headers)
     assert r.status_code == 204, r.text
-    return Caller(user, ids)
+    r = running_app.post(f"/v1/todos/{ids[0]}/steps", json={"text": "a step"}, headers=headers)
+    assert r.status_code == 201, r.text
+    step_id = r.headers["Location"].rsplit("/", 1)[1]
+    r = running_app.post("/v1/lists", json={"name": "schema"}, headers=headers)
+    assert r.status_code == 201, r.text
+    return Caller(user, ids, r.json()["id"], step_id)
 
 
 def _use_real_todo(case: Any, caller: Caller) -> None:
@@ -242,6 +267,15 @@ def _use_real_todo(case: Any, caller: Caller) -> None:
         number = uuid.UUID(value).int
         if number % 2 == 0:
             case.path_parameters["todo_id"] = caller.todo_ids[(number // 2) % 3]
+    # The same for a list id (the caller's list) and a step id (the open todo's step).
+    for name, real in (("list_id", caller.list_id), ("step_id", caller.step_id)):
+        value = case.path_parameters.get(name) if case.path_parameters else None
+        if (
+            isinstance(value, str)
+            and _CANONICAL_UUID.fullmatch(value)
+            and uuid.UUID(value).int % 2 == 0
+        ):
+            case.path_parameters[name] = real
 
 
 def without_token(case: Any) -> None:

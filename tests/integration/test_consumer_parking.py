@@ -229,9 +229,10 @@ async def test_skip_gives_up_the_head_and_handles_the_rest_in_order(
     handled (no title); skipping it lets the later events through, in order."""
     s = kafka_settings(settings, kafka_broker, consumer_max_attempts=1)
     owner = unique("skip")
-    todo = Todo.create(owner=owner, title="doomed")
-    todo.complete()
-    todo.delete()
+    editor = unique("editor")  # acts, so the owner is notified
+    todo = Todo.create(owner=owner, title="doomed", actor=editor)
+    todo.complete(actor=editor)
+    todo.delete(actor=editor)
     publisher = Publisher(kafka_broker.bootstrap_servers, s.kafka_topic, owner)
     created, *rest = [publisher.message(e) for e in todo.collect_events()]
     envelope = json.loads(created.value)

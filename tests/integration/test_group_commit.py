@@ -37,7 +37,7 @@ from tododb.application import (
     TodoGone,
 )
 from tododb.devservers.tansu import BrokerHandle
-from tododb.domain import Todo
+from tododb.domain import Todo, TodoList
 from tododb.entrypoints.bootstrap import build_application, build_read_side, build_relay
 from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.infra.settings import Settings
@@ -282,25 +282,31 @@ def log_rows(url: str) -> list[tuple[UUID, int, int]]:
 
 def assert_views_equal_the_aggregates(app: TodoApplication, side: ReadSide, url: str) -> None:
     last: dict[UUID, int] = {}
-    for todo_id, _, position in log_rows(url):
-        last[todo_id] = position
+    for aggregate_id, _, position in log_rows(url):
+        last[aggregate_id] = position
     with side.connect() as conn:
         rows = conn.execute(f"SELECT * FROM {side.schema}.todos").fetchall()
-        users = conn.execute(f"SELECT * FROM {side.schema}.stats_users").fetchall()
+        lists = conn.execute(f"SELECT * FROM {side.schema}.lists").fetchall()
+        counts = conn.execute(f"SELECT * FROM {side.schema}.stats_counts").fetchall()
     view = {r["id"]: TodoRow.from_record(r) for r in rows}
     truth = {}
-    for todo_id, position in last.items():
-        todo = app.repository.get(todo_id)
-        assert isinstance(todo, Todo)
-        truth[todo_id] = TodoRow.from_aggregate(todo, position)
+    list_truth = {}
+    for aggregate_id, position in last.items():
+        aggregate = app.repository.get(aggregate_id)
+        if isinstance(aggregate, TodoList):  # the Inboxes the todos' creations made
+            list_truth[aggregate_id] = (aggregate.name, aggregate.version, position)
+            continue
+        assert isinstance(aggregate, Todo)
+        truth[aggregate_id] = TodoRow.from_aggregate(aggregate, position)
     assert view == truth
-    expected: dict[str, list[int]] = {}
+    assert {r["id"]: (r["name"], r["version"], r["position"]) for r in lists} == list_truth
+    expected: dict[UUID, list[int]] = {}
     for row in truth.values():
         if not row.deleted:
-            counts = expected.setdefault(row.owner, [0, 0, 0])
-            counts[0 if row.status == "open" else 1] += 1
-            counts[2] += 1
-    stats = {u["owner"]: [u["open"], u["completed"], u["total"]] for u in users if u["total"]}
+            figures = expected.setdefault(row.list_id, [0, 0, 0])
+            figures[0 if row.status == "open" else 1] += 1
+            figures[2] += 1
+    stats = {c["list_id"]: [c["open"], c["completed"], c["total"]] for c in counts if c["total"]}
     assert stats == expected
     for kind in KINDS:
         view_ = side.open_view(kind, side.active_generation(kind))

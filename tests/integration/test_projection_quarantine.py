@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -24,7 +25,8 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import PROBLEM, api_for, wait_until
 from tododb.application import TodoApplication
-from tododb.domain import Todo
+from tododb.domain import Todo, TodoList, inbox_id
+from tododb.domain.ordering import creation_key
 from tododb.entrypoints.bootstrap import build_application, build_read_side
 from tododb.infra.settings import Settings
 from tododb.projections.rebuild import rebuild
@@ -99,15 +101,21 @@ def stored(app: TodoApplication, todo: Todo) -> list[StoredEvent]:
 
 def new_todo(owner: str, title: str, *, completed: bool = False) -> Todo:
     """Created through the aggregate's private constructor: no validation, as an old bug."""
+    todo_id = uuid4()
     todo = Todo._create(
         Todo.Created,
-        id=uuid4(),
+        id=todo_id,
         owner=owner,
         title=title,
         description="",
         due=None,
         priority="normal",
         tags=[],
+        list_id=inbox_id(owner),
+        order_key=creation_key(datetime.now(UTC), todo_id),
+        actor=owner,
+        assignee=None,
+        recurrence=None,
     )
     if completed:
         todo.complete()
@@ -241,7 +249,7 @@ def test_an_event_whose_topic_does_not_resolve_is_quarantined_not_a_crash(world:
 def test_skip_records_the_bad_event_and_applies_the_ones_held_behind_it(world: World) -> None:
     w = world
     todo = stored_todo(w.app, w.app.create_todo("erin", title="ok").todo.id)
-    todo._title_changed(title="broken\x00")  # bypasses validation, as an old bug did
+    todo._title_changed(title="broken\x00", actor="erin")  # no validation, as an old bug
     todo.complete()
     insert_raw(w.url, stored(w.app, todo))
     settle(w)
@@ -265,6 +273,39 @@ def test_skip_records_the_bad_event_and_applies_the_ones_held_behind_it(world: W
     assert kept == [{"version": 2, "status": "skipped"}]
     assert resolve(w, todo.id, "skip", "stats").json()["released"]  # each view its own
     assert rows(w, "stats_todos")[todo.id]["status"] == "completed"
+
+
+def test_a_bad_list_event_quarantines_that_list_alone(world: World, auth: Auth) -> None:
+    """A list is an aggregate like a todo: its bad event holds its later ones, while its
+    todos and everyone else's lists flow on; a skip applies what was held."""
+    w = world
+    shared = w.app.create_list("lena", "Groceries").todo_list
+    todo = w.app.create_todo("lena", title="milk", list_id=shared.id).todo
+    todo_list = w.app.repository.get(shared.id)
+    assert isinstance(todo_list, TodoList)
+    todo_list._renamed(name="bad\x00name", actor="lena")  # no validation, as an old bug
+    todo_list.set_member("max", "editor", actor="lena")
+    insert_raw(w.url, [w.app.mapper.to_stored_event(e) for e in todo_list.collect_events()])
+    other = w.app.create_list("olaf", "Elsewhere").todo_list
+    settle(w)
+    for kind in KINDS:
+        assert [(q["todo_id"], q["version"], q["held"]) for q in quarantine(w, kind)] == [
+            (str(shared.id), 2, 1)
+        ]
+    lists = rows(w, "lists")
+    assert (lists[shared.id]["name"], lists[shared.id]["version"]) == ("Groceries", 1)
+    assert lists[other.id]["name"] == "Elsewhere"
+    assert w.client.get(f"/v1/todos/{todo.id}", headers=auth("lena")).status_code == 200
+    assert w.client.get(f"/v1/todos/{todo.id}", headers=auth("max")).status_code == 404
+    for kind in KINDS:
+        assert resolve(w, shared.id, "skip", kind).json()["released"]
+    assert rows(w, "lists")[shared.id]["version"] == 3
+    assert w.client.get(f"/v1/todos/{todo.id}", headers=auth("max")).status_code == 200
+    max_lists = w.client.get("/v1/lists", headers=auth("max")).json()["items"]
+    assert [(x["name"], x["role"]) for x in max_lists] == [
+        ("Inbox", "owner"),
+        ("Groceries", "editor"),
+    ]
 
 
 def test_retry_and_skip_are_for_admins_and_answer_problems(world: World, auth: Auth) -> None:

@@ -243,3 +243,219 @@ def test_a_forged_cursor_is_400_never_500(
     r = client.get("/v1/todos", params={"sort": "due", "cursor": cursor}, headers=headers)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"] == "application/problem+json"
+
+
+# ---- lists, membership, assignees, positions (issue #11) --------------------------------
+
+Auth = Callable[..., dict[str, str]]
+
+
+def new_list(client: TestClient, headers: dict[str, str], name: str) -> Any:
+    r = client.post("/v1/lists", json={"name": name}, headers=headers)
+    assert r.status_code == 201, r.text
+    return r
+
+
+def share(client: TestClient, headers: dict[str, str], list_id: str, user: str, role: str) -> Any:
+    r = client.put(f"/v1/lists/{list_id}/members/{user}", json={"role": role}, headers=headers)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def titles(client: TestClient, headers: dict[str, str], **params: Any) -> list[str]:
+    r = client.get("/v1/todos", params={"limit": 200, **params}, headers=headers)
+    assert r.status_code == 200, r.text
+    return sorted(t["title"] for t in r.json()["items"])
+
+
+def people(auth: Auth) -> tuple[str, ...]:
+    tag = uuid.uuid4().hex[:6]
+    return tuple(f"{name}-{tag}" for name in ("alice", "bob", "carol", "dave"))
+
+
+def test_queries_follow_membership_filters_and_assignees(client: TestClient, auth: Auth) -> None:
+    alice, bob, carol, dave = people(auth)
+    ha, hb, hc = (auth(u) for u in (alice, bob, carol))
+    team = new_list(client, ha, "Team").json()["id"]
+    share(client, ha, team, bob, "editor")
+    share(client, ha, team, carol, "viewer")
+    create(client, ha, title="alice private")
+    plan = create(client, ha, title="plan", list_id=team, assignee=bob).json()
+    create(client, hb, title="ship", list_id=team)
+    last = create(client, hb, title="bob private")
+    h = {u: read_after(last, auth(u)) for u in (alice, bob, carol, dave)}
+    assert titles(client, h[alice]) == ["alice private", "plan", "ship"]
+    assert titles(client, h[bob]) == ["bob private", "plan", "ship"]
+    assert titles(client, h[carol]) == ["plan", "ship"]
+    assert titles(client, h[dave]) == []
+    assert titles(client, h[bob], list_id=team) == ["plan", "ship"]
+    assert titles(client, h[bob], list_id=str(uuid.uuid4())) == []
+    assert titles(client, h[dave], list_id=team) == []  # as for an unknown list
+    assert titles(client, h[bob], assignee="me") == ["plan"]
+    assert titles(client, h[alice], assignee=bob) == ["plan"]
+    assert titles(client, h[alice], assignee="me") == []
+    assert titles(client, h[bob], assignee="me", list_id=team, status="open") == ["plan"]
+    for bad in ("", "a b", "x" * 129, "\u00e9"):
+        r = client.get("/v1/todos", params={"assignee": bad}, headers=hb)
+        assert (r.status_code, r.headers["content-type"]) == (422, PROBLEM), bad
+    # One todo: members read it, anyone else gets exactly the unknown id's 404.
+    url = f"/v1/todos/{plan['id']}"
+    assert client.get(url, headers=h[carol]).json()["assignee"] == bob
+    outsider = client.get(url, headers=h[dave])
+    unknown = client.get(f"/v1/todos/{uuid.uuid4()}", headers=h[dave])
+    assert outsider.status_code == unknown.status_code == 404
+    assert outsider.json()["type"] == unknown.json()["type"]
+    # Stats: every visible list, summed.
+    assert client.get("/v1/stats", headers=h[bob]).json()["open"] == 3
+    assert client.get("/v1/stats", headers=h[carol]).json()["open"] == 2
+    assert client.get("/v1/stats", headers=h[dave]).json()["total"] == 0
+    # Losing membership shows in the next read that waits for it.
+    gone = client.delete(f"/v1/lists/{team}/members/{carol}", headers=ha)
+    assert gone.status_code == 204, gone.text
+    after = read_after(gone, hc)
+    assert client.get(url, headers=after).status_code == 404
+    assert titles(client, after) == []
+    assert client.get("/v1/stats", headers=after).json()["open"] == 0
+
+
+def test_a_deleted_lists_todos_vanish_from_every_query(client: TestClient, auth: Auth) -> None:
+    alice, bob, *_ = people(auth)
+    ha, hb = auth(alice), auth(bob)
+    doomed = new_list(client, ha, "Doomed").json()["id"]
+    share(client, ha, doomed, bob, "editor")
+    todo = create(client, hb, title="in doomed", list_id=doomed).json()
+    kept = create(client, hb, title="kept")
+    assert titles(client, read_after(kept, hb)) == ["in doomed", "kept"]
+    deleted = client.delete(f"/v1/lists/{doomed}", headers=read_after(kept, ha))
+    assert deleted.status_code == 204, deleted.text
+    h = read_after(deleted, hb)
+    assert titles(client, h) == ["kept"]
+    assert client.get(f"/v1/todos/{todo['id']}", headers=h).status_code == 404
+    assert [x["name"] for x in client.get("/v1/lists", headers=h).json()["items"]] == ["Inbox"]
+    assert client.get("/v1/stats", headers=h).json()["open"] == 1
+
+
+def test_sort_by_position_pages_through_a_lists_order(client: TestClient, auth: Auth) -> None:
+    alice, *_ = people(auth)
+    ha = auth(alice)
+    board = new_list(client, ha, "Board").json()["id"]
+    ids = [create(client, ha, title=f"p{i}", list_id=board).json()["id"] for i in range(5)]
+    moved = client.post(f"/v1/todos/{ids[4]}/move", json={"after": ids[0]}, headers=ha)
+    assert moved.status_code == 200, moved.text
+    moved = client.post(f"/v1/todos/{ids[0]}/move", json={"before": ids[3]}, headers=ha)
+    assert moved.status_code == 200, moved.text
+    h = read_after(moved, ha)
+    expected = [ids[4], ids[1], ids[2], ids[0], ids[3]]
+    for sort, order in (("position", expected), ("-position", expected[::-1])):
+        seen, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"list_id": board, "sort": sort, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            page = client.get("/v1/todos", params=params, headers=h).json()
+            seen += [t["id"] for t in page["items"]]
+            keys = [t["order_key"] for t in page["items"]]
+            assert keys == sorted(keys, reverse=sort.startswith("-"))
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert seen == order, sort
+    r = client.get("/v1/todos", params={"sort": "position"}, headers=h)
+    assert (r.status_code, r.headers["content-type"]) == (422, PROBLEM)
+    assert r.json()["type"].endswith("/validation")
+    first = client.get(
+        "/v1/todos", params={"list_id": board, "sort": "position", "limit": 1}, headers=h
+    ).json()
+    for tampered in ("k\u0000", "'; --", "", 7):
+        payload = json.loads(base64.urlsafe_b64decode(first["next_cursor"] + "=="))
+        payload["v"] = tampered
+        forged = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+        params = {"list_id": board, "sort": "position", "cursor": forged}
+        r = client.get("/v1/todos", params=params, headers=h)
+        assert (r.status_code, r.headers["content-type"]) == (400, PROBLEM), tampered
+
+
+def test_lists_of_a_user_with_their_roles(client: TestClient, auth: Auth) -> None:
+    from tododb.domain import inbox_id
+
+    alice, bob, carol, _ = people(auth)
+    ha, hb = auth(alice), auth(bob)
+    never = client.get("/v1/lists", headers=auth(carol))  # no command ever: the Inbox all the same
+    assert never.status_code == 200
+    assert never.json() == {
+        "items": [
+            {
+                "id": str(inbox_id(carol)),
+                "name": "Inbox",
+                "inbox": True,
+                "owner": carol,
+                "role": "owner",
+                "open_todos": 0,
+                "version": 0,
+                "created_at": None,
+                "updated_at": None,
+            }
+        ],
+        "next_cursor": None,
+    }
+    assert int(never.headers["X-Position"]) >= 0
+    mine = [new_list(client, ha, f"a{i}").json()["id"] for i in range(3)]
+    share(client, ha, mine[1], bob, "viewer")
+    last = share(client, ha, mine[2], bob, "editor")
+    create(client, ha, title="x", list_id=mine[2])
+    last = create(client, ha, title="y", list_id=mine[2])
+    h = read_after(last, hb)
+    bobs = client.get("/v1/lists", headers=h).json()
+    assert [(x["name"], x["role"], x["open_todos"]) for x in bobs["items"]] == [
+        ("Inbox", "owner", 0),
+        ("a1", "viewer", 0),
+        ("a2", "editor", 2),
+    ]
+    pages, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/lists", params=params, headers=read_after(last, ha)).json()
+        pages.append([x["name"] for x in page["items"]])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert pages == [["Inbox"], ["a0"], ["a1"], ["a2"]]
+    assert client.get("/v1/lists", params={"cursor": "nope"}, headers=ha).status_code == 400
+    assert client.get("/v1/lists", params={"limit": 0}, headers=ha).status_code == 422
+    ahead = {"X-Min-Position": str(int(last.headers["X-Position"]) + 10_000), **ha}
+    assert client.get("/v1/lists", headers=ahead).status_code == 503
+
+
+def test_todo_ids_in_a_list_and_the_order_index(
+    client: TestClient, auth: Auth, read_side: Any
+) -> None:
+    from uuid import UUID
+
+    from tododb.infra.postgres import ConnectionFactory
+    from tododb.projections.queries import ReadModelOrderIndex, ReadModelQueries
+
+    alice, *_ = people(auth)
+    ha = auth(alice)
+    board = new_list(client, ha, "Ordered").json()["id"]
+    todos = [create(client, ha, title=f"o{i}", list_id=board).json() for i in range(3)]
+    last = client.delete(f"/v1/todos/{todos[1]['id']}", headers=ha)
+    client.get("/v1/todos", headers=read_after(last, ha))  # the view has it all
+    import psycopg
+    from psycopg.rows import dict_row
+
+    def connect() -> Any:
+        return psycopg.connect(read_side.database_url, row_factory=dict_row, autocommit=True)
+
+    factory: ConnectionFactory = connect
+    queries = ReadModelQueries(read_side.schema)
+    with connect() as conn:
+        live = queries.todo_ids_in_list(conn, UUID(board))
+        assert live == [UUID(todos[0]["id"]), UUID(todos[2]["id"])]
+        assert queries.todo_ids_in_list(conn, uuid.uuid4()) == []
+    index = ReadModelOrderIndex(factory, read_side.schema)
+    keys = [t["order_key"] for t in todos]
+    assert index.next_key(UUID(board), keys[0]) == keys[2]  # the deleted one is skipped
+    assert index.previous_key(UUID(board), keys[2]) == keys[0]
+    assert index.next_key(UUID(board), keys[2]) is None
+    assert index.previous_key(UUID(board), keys[0]) is None
+    assert index.next_key(UUID(board), "") == keys[0]

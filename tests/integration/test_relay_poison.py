@@ -26,7 +26,7 @@ from tests.downstream import eventually, kafka_settings, read_topic, running, un
 from tododb.api.admin_relay import RelayStatusOut
 from tododb.application import TodoApplication
 from tododb.devservers.tansu import BrokerHandle, TansuBroker
-from tododb.domain import Todo, event_id
+from tododb.domain import Todo, event_id, inbox_id
 from tododb.entrypoints.bootstrap import build_relay
 from tododb.entrypoints.supervisor import todo_command
 from tododb.infra.settings import Settings
@@ -143,6 +143,7 @@ async def test_poison_is_quarantined_its_todo_held_and_everyone_else_published(
 
     on_topic = versions_on_topic(await read_topic(str(s.kafka_bootstrap_servers), s.kafka_topic))
     a, b, c, d, e, f = map(str, (log.a, log.b, log.c, log.d, log.e, log.f))
+    assert on_topic.pop(str(inbox_id(log.owner))) == [1]  # the Inbox, made on first use
     assert on_topic == {a: [1], b: [1, 2], c: [1, 2], d: [1], e: [1]}
     status = relay_status(url, s.db_schema)
     assert (status["lag"], status["quarantined"], status["held"]) == (0, 4, 3)

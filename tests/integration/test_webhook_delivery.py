@@ -60,7 +60,8 @@ async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
         ).json()
         consumer = ConsumerService(s, database_url, NotificationsHandler(), group_id="unused")
         await consumer.prepare(asyncio.Event())
-        todo = Todo.create(owner=owner, title="ping")
+        # Someone else acts (nobody is notified of their own actions): the owner is.
+        todo = Todo.create(owner=owner, title="ping", actor=unique("editor"))
         message = to_message(todo.collect_events()[0], 1, owner)
         event = parse_message(message.value, message.key, message.headers)
         worker = DeliveryWorker(s, consumer.pool)
@@ -137,7 +138,8 @@ async def test_delivery_re_checks_the_target_and_sends_nothing_to_a_private_one(
         )
         consumer = ConsumerService(strict, database_url, NotificationsHandler(), group_id="unused")
         await consumer.prepare(asyncio.Event())
-        todo = Todo.create(owner=owner, title="ping")
+        # Someone else acts (nobody is notified of their own actions): the owner is.
+        todo = Todo.create(owner=owner, title="ping", actor=unique("editor"))
         message = to_message(todo.collect_events()[0], 1, owner)
         async with running(DeliveryWorker(strict, consumer.pool).run):
             await consumer._handle_once(parse_message(message.value, message.key, message.headers))

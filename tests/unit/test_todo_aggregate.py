@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from tododb.domain import InvariantViolation, Todo, TodoDeletedError, event_payload, public_type
+from tododb.domain import (
+    InvariantViolation,
+    Todo,
+    TodoDeletedError,
+    event_payload,
+    inbox_id,
+    public_type,
+)
 
 
 def new_todo(**kwargs: object) -> Todo:
@@ -23,15 +30,22 @@ def test_create_records_one_created_event_with_the_owner() -> None:
     todo = new_todo(title="  Buy milk  ", tags=["home", "shop", "home"], priority="high")
     events = todo.collect_events()
     assert [public_type(e) for e in events] == ["todos.task.created"]
-    assert event_payload(events[0]) == {
+    payload = event_payload(events[0])
+    assert payload == {
         "owner": "alice",
         "title": "Buy milk",
         "description": "",
         "due": None,
         "priority": "high",
         "tags": ["home", "shop"],
+        "list_id": str(inbox_id("alice")),
+        "order_key": payload["order_key"],
+        "actor": "alice",
+        "assignee": None,
+        "recurrence": None,
     }
     assert todo.owner == "alice"
+    assert todo.list_id == inbox_id("alice")
     assert todo.status == "open"
     assert todo.version == 1
 
@@ -231,3 +245,70 @@ def test_a_due_date_that_overflows_on_its_way_to_utc_is_an_invariant_violation()
     with pytest.raises(InvariantViolation):
         todo.set_due(datetime(1899, 12, 31, 23, 59, tzinfo=UTC))
     assert types(todo) == []
+
+
+# ---- #11: moves, steps, assignee, actor ----------------------------------------------
+
+
+def test_a_move_is_one_event_on_the_moving_todo() -> None:
+    from uuid import uuid4
+
+    from tododb.domain import key_between
+
+    todo = new_todo()
+    todo.collect_events()
+    target = uuid4()
+    key = key_between(None, todo.order_key, todo.id)
+    todo.move(target, key, actor="bob")
+    todo.move(target, key, actor="bob")  # already there: nothing
+    events = todo.collect_events()
+    assert [public_type(e) for e in events] == ["todos.task.moved"]
+    assert (todo.list_id, todo.order_key, events[0].actor) == (target, key, "bob")  # type: ignore[attr-defined]
+
+
+def test_steps_are_a_bounded_ordered_checklist() -> None:
+    from uuid import uuid4
+
+    from tododb.domain import StepNotFound
+    from tododb.domain.invariants import STEPS_MAX
+
+    todo = new_todo()
+    first = todo.add_step(" Buy flour ", actor="alice")
+    second = todo.add_step("Bake")
+    todo.check_step(first)
+    todo.rename_step(second, "Bake at 200C")
+    todo.move_step(second, 0)
+    assert todo.steps == [
+        {"id": str(second), "text": "Bake at 200C", "done": False},
+        {"id": str(first), "text": "Buy flour", "done": True},
+    ]
+    todo.check_step(first, done=False)
+    todo.remove_step(second)
+    assert todo.steps == [{"id": str(first), "text": "Buy flour", "done": False}]
+    with pytest.raises(StepNotFound):
+        todo.check_step(uuid4())
+    with pytest.raises(InvariantViolation, match="text"):
+        todo.add_step("\x00")
+    for i in range(STEPS_MAX - 1):
+        todo.add_step(f"step {i}")
+    with pytest.raises(InvariantViolation, match="at most"):
+        todo.add_step("one too many")
+
+
+def test_assigning_and_unassigning() -> None:
+    todo = new_todo(assignee="bob")
+    assert todo.assignee == "bob"
+    todo.collect_events()
+    todo.assign("bob")
+    todo.assign(None, actor="alice")
+    todo.assign(None)
+    assert [public_type(e) for e in todo.collect_events()] == ["todos.task.unassigned"]
+    with pytest.raises(InvariantViolation):
+        todo.assign("not a user id")
+
+
+def test_deleting_with_its_list_says_so() -> None:
+    todo = new_todo()
+    todo.delete(actor="olga", reason="list_deleted")
+    deleted = todo.collect_events()[-1]
+    assert (deleted.reason, deleted.actor, todo.deleted) == ("list_deleted", "olga", True)  # type: ignore[attr-defined]

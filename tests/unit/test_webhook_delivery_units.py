@@ -172,6 +172,7 @@ def test_payload_is_compact_json_of_the_notification() -> None:
         message="created",
         data={"title": "ping"},
         occurred_at=NOW,
+        actor="bob",
     )
     body = payload(claim)
     assert b" " not in body.replace(b'"todos.task.created"', b"")
@@ -183,6 +184,7 @@ def test_payload_is_compact_json_of_the_notification() -> None:
         "message": "created",
         "data": {"title": "ping"},
         "occurred_at": NOW.isoformat(),
+        "actor": "bob",
     }
 
 

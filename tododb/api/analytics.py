@@ -1,4 +1,5 @@
-"""The caller's activity figures per day, from the analytics consumer's tables."""
+"""The caller's activity figures per day (their todos') and what they did (as actor),
+from the analytics consumer's tables."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ class AnalyticsOut(BaseModel):
     to: date
     days: list[DayOut]
     totals: Totals
+    actions: dict[str, int] = Field(
+        description="What the caller did in the range, by event type (on any list)."
+    )
 
 
 def default_start(end: date) -> date:
@@ -109,4 +113,5 @@ def get_analytics(
             reopened=sum(d.reopened for d in days),
             deleted=sum(d.deleted for d in days),
         ),
+        actions=store.actor_totals(user.id, start, end),
     )

@@ -14,6 +14,7 @@ from tododb.api import (
     admin_relay,
     analytics,
     health,
+    lists,
     notifications,
     queries,
     todos,
@@ -89,7 +90,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.mount("/metrics", metrics.asgi_app)
     app.include_router(health.router)
-    for module in (queries, todos, admin, admin_relay, webhooks, notifications, analytics):
+    for module in (queries, todos, lists, admin, admin_relay, webhooks, notifications, analytics):
         app.include_router(
             module.router,
             dependencies=[Depends(rate_limit)],

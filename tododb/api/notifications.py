@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from tododb.api.auth import CurrentUser
@@ -34,6 +34,10 @@ class NotificationOut(BaseModel):
     message: str
     data: dict[str, Any]
     occurred_at: datetime
+    actor: str | None = Field(
+        description="Who caused it (never the recipient); null on notifications made "
+        "before actors were recorded."
+    )
 
 
 class NotificationPage(BaseModel):

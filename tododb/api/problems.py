@@ -20,13 +20,21 @@ from starlette.types import Scope
 
 from tododb.application import (
     ConcurrencyConflict,
+    Forbidden,
     IdempotencyKeyReused,
+    ListNotFound,
     PreconditionFailed,
     TodoGone,
     TodoNotFound,
     VersionNotFound,
 )
-from tododb.domain import InvariantViolation
+from tododb.domain import (
+    InboxFixed,
+    InvariantViolation,
+    LastOwner,
+    ListDeletedError,
+    StepNotFound,
+)
 from tododb.infra.postgres import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -103,6 +111,12 @@ def allowed_methods(app: Starlette, scope: Scope) -> list[str]:
 
 _DOMAIN_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     TodoNotFound: (404, "Todo not found", "not-found"),
+    ListNotFound: (404, "List not found", "not-found"),
+    ListDeletedError: (404, "List not found", "not-found"),
+    StepNotFound: (404, "Step not found", "not-found"),
+    Forbidden: (403, "Forbidden", "forbidden"),
+    LastOwner: (409, "Last owner", "last-owner"),
+    InboxFixed: (409, "Inbox is fixed", "inbox-fixed"),
     VersionNotFound: (404, "Version not found", "version-not-found"),
     TodoGone: (410, "Todo deleted", "deleted"),
     ConcurrencyConflict: (409, "Concurrent modification", "conflict"),
@@ -157,7 +171,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             request,
             Problem(
                 422,
-                "Invalid todo",
+                "Invalid request",
                 exc.message,
                 type_="validation",
                 errors=[{"loc": ["body", exc.field], "msg": exc.message, "type": "invariant"}],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -37,9 +39,13 @@ from tododb.api.schemas import (
     rfc3339,
 )
 from tododb.application import TodoApplication, TodoGone, TodoNotFound
+from tododb.domain.invariants import USER_ID_MAX
 from tododb.infra.postgres import ConnectionFactory
 from tododb.projections.queries import (
+    LIST_SORTS,
     InvalidCursor,
+    ListEntry,
+    ListPage,
     Page,
     ReadModelQueries,
     TodoFilter,
@@ -75,10 +81,31 @@ def search_text(value: str) -> str:
 
 Instant = Annotated[AwareDatetime, BeforeValidator(rfc3339)]
 SearchText = Annotated[str, AfterValidator(search_text)]
+ASSIGNEE_PATTERN = rf"^[A-Za-z0-9._~@:|+=-]{{1,{USER_ID_MAX}}}$"
+"""``me`` or a user id (``me`` is the caller)."""
 
 
 class TodoPage(BaseModel):
     items: list[TodoOut]
+    next_cursor: str | None
+
+
+class ListSummary(BaseModel):
+    """One of the caller's lists, as the todos read model has it."""
+
+    id: UUID
+    name: str
+    inbox: bool = Field(description="The caller's Inbox: theirs alone, made on first use.")
+    owner: str = Field(description="Who created the list.")
+    role: Literal["owner", "editor", "viewer"] = Field(description="The caller's role.")
+    open_todos: int
+    version: int = Field(description="0 for an Inbox no command has made yet.")
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class ListSummaryPage(BaseModel):
+    items: list[ListSummary]
     next_cursor: str | None
 
 
@@ -187,6 +214,8 @@ def _queries(request: Request) -> ReadModelQueries:
                 **_WAITS,
                 400: "Malformed X-Min-Position (`bad-min-position`), or a cursor issued for "
                 "another query (`invalid-cursor`).",
+                422: "Invalid parameters (`validation`), e.g. `sort=position` without "
+                "`list_id`.",
             },
         ),
     },
@@ -216,18 +245,58 @@ async def list_todos(
             json_schema_extra={"pattern": SEARCH_TEXT_PATTERN},
         ),
     ] = None,
-    sort: Literal[
-        "created_at", "-created_at", "due", "-due", "updated_at", "-updated_at"
+    list_id: Annotated[
+        UUID | SkipJsonSchema[None],
+        Query(description="Only this list's todos (none if the caller is not a member)."),
+    ] = None,
+    assignee: Annotated[
+        str | SkipJsonSchema[None],
+        Query(
+            min_length=1,
+            max_length=USER_ID_MAX,
+            pattern=ASSIGNEE_PATTERN,
+            description="Only the todos assigned to this user; `me` is the caller.",
+        ),
+    ] = None,
+    sort: Annotated[
+        Literal[
+            "created_at",
+            "-created_at",
+            "due",
+            "-due",
+            "updated_at",
+            "-updated_at",
+            "position",
+            "-position",
+        ],
+        Query(description="`position` is the list's own order: it needs `list_id`."),
     ] = "created_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | SkipJsonSchema[None],
-        Query(max_length=1000, description="`next_cursor` of the previous page, same query."),
+        # Room for a position cursor: order keys grow a little with each move into one gap.
+        Query(max_length=4000, description="`next_cursor` of the previous page, same query."),
     ] = None,
 ) -> TodoPage:
-    """The caller's todos, keyset-paginated: pages stay correct while todos are added."""
+    """The todos of every list the caller is a member of (their Inbox included),
+    keyset-paginated: pages stay correct while todos are added."""
+    if sort in LIST_SORTS and list_id is None:
+        raise Problem(
+            422,
+            "Invalid request",
+            f"sort={sort} orders the todos of one list: give list_id",
+            type_="validation",
+            errors=[
+                {
+                    "loc": ["query", "sort"],
+                    "msg": "sorting by position needs list_id",
+                    "type": "needs_list_id",
+                }
+            ],
+        )
     await _await_position(request, user, "todos", min_pos)
-    filters = TodoFilter(status, tag, priority, due_before, due_after, q)
+    who = user.id if assignee == "me" else assignee
+    filters = TodoFilter(status, tag, priority, due_before, due_after, q, list_id, who)
     page = await run_in_threadpool(
         _read_page, _queries(request), connect, user.id, filters, sort, limit, cursor
     )
@@ -238,7 +307,7 @@ async def list_todos(
 def _read_page(
     queries: ReadModelQueries,
     connect: ConnectionFactory,
-    owner: str,
+    user: str,
     filters: TodoFilter,
     sort: str,
     limit: int,
@@ -246,7 +315,7 @@ def _read_page(
 ) -> Page:
     try:
         with connect() as conn:
-            return queries.list_todos(conn, owner, filters, sort=sort, limit=limit, cursor=cursor)
+            return queries.list_todos(conn, user, filters, sort=sort, limit=limit, cursor=cursor)
     except InvalidCursor as e:
         raise Problem(400, "Invalid cursor", str(e), type_="invalid-cursor") from None
 
@@ -272,8 +341,8 @@ def _read_page(
             503,
             described={
                 **_WAITS,
-                404: "No such todo of the caller's, or no such version (`not-found`, "
-                "`version-not-found`).",
+                404: "No such todo in a list the caller is a member of, or no such version "
+                "(`not-found`, `version-not-found`).",
             },
         ),
     },
@@ -312,12 +381,12 @@ def _past_todo(
 
 
 def _read_todo(
-    queries: ReadModelQueries, connect: ConnectionFactory, owner: str, todo_id: UUID
+    queries: ReadModelQueries, connect: ConnectionFactory, user: str, todo_id: UUID
 ) -> tuple[TodoRow, int]:
     """The row and the position it reflects, read in one snapshot."""
     with connect() as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = queries.get_todo(conn, owner, todo_id)
+        row = queries.get_todo(conn, user, todo_id)
         position = queries.positions(conn)["todos"]
     if row is None:
         raise TodoNotFound(str(todo_id))
@@ -339,7 +408,8 @@ def _read_todo(
 async def get_stats(
     request: Request, response: Response, user: CurrentUser, connect: Connect, min_pos: MinPosition
 ) -> Stats:
-    """Open, completed, overdue (open and due before now), total, completed in the last 7 days."""
+    """Open, completed, overdue (open and due before now), total, completed in the last 7 days:
+    over every list the caller is a member of (their Inbox included)."""
     await _await_position(request, user, "stats", min_pos)
     figures = await run_in_threadpool(_read_stats, _queries(request), connect, user.id)
     response.headers["X-Position"] = str(figures.pop("position"))
@@ -347,7 +417,66 @@ async def get_stats(
 
 
 def _read_stats(
-    queries: ReadModelQueries, connect: ConnectionFactory, owner: str
+    queries: ReadModelQueries, connect: ConnectionFactory, user: str
 ) -> dict[str, int]:
     with connect() as conn:
-        return queries.stats(conn, owner)
+        return queries.stats(conn, user)
+
+
+@router.get(
+    "/lists",
+    response_model=ListSummaryPage,
+    responses={
+        200: {"headers": {"X-Position": X_POSITION_HEADER}},
+        **problem_responses(
+            400,
+            401,
+            422,
+            429,
+            503,
+            described={
+                **_WAITS,
+                400: "Malformed X-Min-Position (`bad-min-position`), or a cursor issued for "
+                "another query (`invalid-cursor`).",
+            },
+        ),
+    },
+)
+async def list_lists(
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    connect: Connect,
+    min_pos: MinPosition,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | SkipJsonSchema[None],
+        Query(max_length=1000, description="`next_cursor` of the previous page."),
+    ] = None,
+) -> ListSummaryPage:
+    """The lists the caller is a member of, with their role: their Inbox first (even
+    before it is made), then the others oldest first, keyset-paginated."""
+    await _await_position(request, user, "todos", min_pos)
+    page = await run_in_threadpool(_read_lists, _queries(request), connect, user.id, limit, cursor)
+    response.headers["X-Position"] = str(page.position)
+    return ListSummaryPage(
+        items=[_list_summary(entry) for entry in page.items], next_cursor=page.next_cursor
+    )
+
+
+def _list_summary(entry: ListEntry) -> ListSummary:
+    return ListSummary.model_validate(asdict(entry))
+
+
+def _read_lists(
+    queries: ReadModelQueries,
+    connect: ConnectionFactory,
+    user: str,
+    limit: int,
+    cursor: str | None,
+) -> ListPage:
+    try:
+        with connect() as conn:
+            return queries.lists(conn, user, limit=limit, cursor=cursor)
+    except InvalidCursor as e:
+        raise Problem(400, "Invalid cursor", str(e), type_="invalid-cursor") from None

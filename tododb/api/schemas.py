@@ -18,16 +18,22 @@ from pydantic import (
     Field,
     StringConstraints,
 )
+from pydantic.json_schema import SkipJsonSchema
 
-from tododb.domain import Todo
+from tododb.domain import Todo, TodoList
 from tododb.domain.invariants import (
     DESCRIPTION_MAX,
+    LIST_NAME_MAX,
+    STEP_TEXT_MAX,
+    STEPS_MAX,
     TAG_MAX,
     TAGS_MAX,
     TITLE_MAX,
+    USER_ID_MAX,
     clean_due,
     clean_text,
 )
+from tododb.domain.recurrence import RULE_MAX
 
 
 def text_rule(field: str) -> AfterValidator:
@@ -62,6 +68,26 @@ def rfc3339(value: Any) -> Any:
 
 
 Due = Annotated[AwareDatetime, BeforeValidator(rfc3339), AfterValidator(clean_due)]
+USER_ID_JSON_PATTERN = rf"^[A-Za-z0-9._~@:|+=-]{{1,{USER_ID_MAX}}}$"
+"""The domain's user id rule (``clean_user_id``), as a JSON Schema pattern."""
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=USER_ID_MAX, pattern=USER_ID_JSON_PATTERN),
+]
+Recurrence = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=RULE_MAX),
+    text_rule("recurrence"),
+    Field(
+        description="An RFC 5545 RRULE (FREQ DAILY, WEEKLY, MONTHLY or YEARLY; INTERVAL, "
+        "COUNT, UNTIL, BYDAY, BYMONTHDAY, BYMONTH, WKST), recurring from the due date, "
+        "which it needs.",
+        examples=["FREQ=WEEKLY;BYDAY=MO"],
+    ),
+]
+ListName = Annotated[str, StringConstraints(max_length=LIST_NAME_MAX * 2), text_rule("name")]
+StepText = Annotated[str, StringConstraints(max_length=STEP_TEXT_MAX * 2), text_rule("text")]
+RoleName = Literal["owner", "editor", "viewer"]
 
 
 class StrictModel(BaseModel):
@@ -89,10 +115,15 @@ class TodoCreate(StrictModel):
     due: Due | None = None
     priority: PriorityName = "normal"
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
+    list_id: UUID | None = Field(
+        default=None, description="A list the caller may edit; none: the caller's Inbox."
+    )
+    assignee: UserId | None = Field(default=None, description="A member of the list.")
+    recurrence: Recurrence | None = None
 
 
 class TodoPatch(StrictModel):
-    """Any subset of fields; ``"due": null`` clears the due date."""
+    """Any subset of fields; null clears ``due``, ``assignee`` or ``recurrence``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -104,14 +135,131 @@ class TodoPatch(StrictModel):
     due: Due | None = None
     priority: PriorityName | None = None
     tags: list[Tag] | None = Field(default=None, max_length=TAGS_MAX)
+    assignee: UserId | None = Field(default=None, description="A member of the list.")
+    recurrence: Recurrence | None = None
 
     def changes(self) -> dict[str, Any]:
-        """Only the fields the client sent; null is meaningful for ``due`` alone."""
+        """Only the fields the client sent; null is meaningful for ``due``, ``assignee``
+        and ``recurrence`` alone."""
         sent = {name: getattr(self, name) for name in self.model_fields_set}
         for name, value in sent.items():
-            if value is None and name != "due":
+            if value is None and name not in NULLABLE:
                 raise ValueError(f"{name} may not be null")
         return sent
+
+
+NULLABLE = frozenset({"due", "assignee", "recurrence"})
+
+
+class TodoMove(StrictModel):
+    """Where to: a list (default: the todo's own), and neighbours there (todo ids)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"after": "6f1c2a5e-2b1d-4c1e-9a7b-0d3f5e6a7b8c"}]},
+    )
+
+    list_id: UUID | None = Field(default=None, description="The list to move to.")
+    after: UUID | None = Field(default=None, description="Right after this todo of the list.")
+    before: UUID | None = Field(
+        default=None, description="Right before this todo of the list. Neither: to the end."
+    )
+
+
+class StepCreate(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "Call"}]})
+
+    text: StepText = Field(description=f"1-{STEP_TEXT_MAX} characters after stripping")
+
+
+class StepPatch(StrictModel):
+    """Any subset: rename, check (``done``) and move (``index``, clamped) in one command."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"done": True}, {"index": 0}]}
+    )
+
+    text: StepText | SkipJsonSchema[None] = None
+    done: bool | SkipJsonSchema[None] = None
+    index: Annotated[int, Field(ge=0, le=STEPS_MAX)] | SkipJsonSchema[None] = None
+
+
+class ListCreate(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Home"}]})
+
+    name: ListName = Field(description=f"1-{LIST_NAME_MAX} characters after stripping")
+
+
+class ListPatch(ListCreate):
+    pass
+
+
+class MemberPut(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "editor"}]})
+
+    role: RoleName
+
+
+class MemberOut(BaseModel):
+    user: str
+    role: RoleName
+
+
+class ListOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3e0f6a34-9f6b-4a9c-8d6e-2b5f7c1d9e04",
+                    "name": "Home",
+                    "inbox": False,
+                    "owner": "alice",
+                    "role": "owner",
+                    "members": [
+                        {"user": "alice", "role": "owner"},
+                        {"user": "bob", "role": "editor"},
+                    ],
+                    "created_at": "2026-11-25T09:00:00Z",
+                    "updated_at": "2026-11-25T09:05:00Z",
+                    "version": 2,
+                }
+            ]
+        }
+    )
+
+    id: UUID
+    name: str
+    inbox: bool = Field(description="The caller's Inbox: cannot be renamed, shared or deleted.")
+    owner: str = Field(description="Who made the list.")
+    role: RoleName = Field(description="The caller's role.")
+    members: list[MemberOut]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def from_list(cls, todo_list: TodoList, caller: str) -> ListOut:
+        role = todo_list.role_of(caller)
+        assert role is not None
+        return cls(
+            id=todo_list.id,
+            name=todo_list.name,
+            inbox=todo_list.inbox,
+            owner=todo_list.owner,
+            role=role.value,
+            members=[
+                MemberOut(user=user, role=r.value) for user, r in sorted(todo_list.members.items())
+            ],
+            created_at=todo_list.created_at,
+            updated_at=todo_list.updated_at,
+            version=todo_list.version,
+        )
+
+
+class StepOut(BaseModel):
+    id: UUID
+    text: str
+    done: bool
 
 
 class TodoOut(BaseModel):
@@ -120,12 +268,24 @@ class TodoOut(BaseModel):
             "examples": [
                 {
                     "id": "6f1c2a5e-2b1d-4c1e-9a7b-0d3f5e6a7b8c",
+                    "list_id": "00c04111-c90d-5804-b2c4-b2d64b713f1f",
                     "title": "Write the quarterly report",
                     "description": "Numbers from finance first",
                     "due": "2026-12-01T17:00:00Z",
                     "priority": "high",
                     "tags": ["q4", "work"],
                     "status": "open",
+                    "order_key": "k008Dw9mUkIB4kbr2dwfz9ipKS0QBIV9yCV",
+                    "assignee": "bob",
+                    "recurrence": "FREQ=WEEKLY;BYDAY=MO",
+                    "steps": [
+                        {
+                            "id": "2b9d3c4e-5f60-4a1b-8c2d-3e4f5a6b7c8d",
+                            "text": "Get numbers",
+                            "done": True,
+                        }
+                    ],
+                    "completions": 0,
                     "created_at": "2026-11-25T09:00:00Z",
                     "updated_at": "2026-11-25T09:00:00Z",
                     "completed_at": None,
@@ -136,12 +296,20 @@ class TodoOut(BaseModel):
     )
 
     id: UUID
+    list_id: UUID
     title: str
     description: str
     due: datetime | None
     priority: PriorityName
     tags: list[str]
     status: Literal["open", "completed"]
+    order_key: str = Field(
+        description="The todo's place in its list: sort by it byte-wise (`sort=position`)."
+    )
+    assignee: str | None
+    recurrence: str | None = Field(description="An RFC 5545 RRULE, from the due date.")
+    steps: list[StepOut]
+    completions: int = Field(description="Completions of a recurring todo so far.")
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
@@ -151,12 +319,18 @@ class TodoOut(BaseModel):
     def from_todo(cls, todo: Todo) -> TodoOut:
         return cls(
             id=todo.id,
+            list_id=todo.list_id,
             title=todo.title,
             description=todo.description,
             due=todo.due,
             priority=todo.priority.value,
             tags=list(todo.tags),
             status=todo.status.value,
+            order_key=todo.order_key,
+            assignee=todo.assignee,
+            recurrence=todo.recurrence,
+            steps=[StepOut.model_validate(s) for s in todo.steps],
+            completions=todo.completions,
             created_at=todo.created_at,
             updated_at=todo.updated_at,
             completed_at=todo.completed_at,
@@ -174,7 +348,8 @@ class EventOut(BaseModel):
                     "version": 2,
                     "position": 42,
                     "occurred_at": "2026-11-25T10:00:00Z",
-                    "data": {},
+                    "actor": "bob",
+                    "data": {"actor": "bob", "next_due": None},
                 }
             ]
         }
@@ -185,6 +360,7 @@ class EventOut(BaseModel):
     version: int
     position: int | None = Field(description="Global log position")
     occurred_at: datetime
+    actor: str = Field(description="The user whose command caused the event.")
     data: dict[str, Any]
 
 

@@ -1,4 +1,8 @@
-"""Todo commands and the event-store reads of contract v1."""
+"""Todo commands (moves and steps too) and the event-store reads of contract v1.
+
+Every command needs an editor of the todo's list: a non-member gets 404 exactly as for an
+unknown id, a viewer 403 (`forbidden`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ from tododb.api.schemas import (
     LOCATION_HEADER,
     X_POSITION_HEADER,
     EventOut,
+    StepCreate,
+    StepPatch,
     TodoCreate,
+    TodoMove,
     TodoOut,
     TodoPatch,
     problem_responses,
@@ -28,6 +35,10 @@ router = APIRouter(prefix="/v1/todos", tags=["todos"])
 _BAD_IF_MATCH = "Malformed If-Match (`bad-if-match`)."
 _BAD_BODY = "The body is not JSON (not even UTF-8)."
 _CONFLICT = "Other writers kept winning the race for the next version (`conflict`)."
+_FORBIDDEN = "The caller is a viewer of the todo's list: read only (`forbidden`)."
+_NOT_FOUND = (
+    "No such todo, or the caller is not a member of its list (`not-found`): the same answer."
+)
 
 
 def _changed(status: int) -> dict[int | str, dict[str, Any]]:
@@ -44,7 +55,34 @@ def _changed(status: int) -> dict[int | str, dict[str, Any]]:
 
 
 _COMMAND_PROBLEMS = problem_responses(
-    400, 401, 404, 409, 410, 412, 422, 503, described={400: _BAD_IF_MATCH, 409: _CONFLICT}
+    400,
+    401,
+    403,
+    404,
+    409,
+    410,
+    412,
+    422,
+    503,
+    described={400: _BAD_IF_MATCH, 403: _FORBIDDEN, 404: _NOT_FOUND, 409: _CONFLICT},
+)
+_BODY_COMMAND_PROBLEMS = problem_responses(
+    400,
+    401,
+    403,
+    404,
+    409,
+    410,
+    412,
+    413,
+    422,
+    503,
+    described={
+        400: f"{_BAD_BODY[:-1]}, or a malformed If-Match (`bad-if-match`).",
+        403: _FORBIDDEN,
+        404: _NOT_FOUND,
+        409: _CONFLICT,
+    },
 )
 
 
@@ -75,12 +113,17 @@ def _answer(response: Response, result: CommandResult) -> TodoOut:
         **problem_responses(
             400,
             401,
+            403,
+            404,
             413,
             422,
             503,
             described={
                 400: _BAD_BODY,
-                422: "The request failed validation (`validation`), or its Idempotency-Key "
+                403: "The caller is a viewer of `list_id` (`forbidden`).",
+                404: "No such list, or the caller is not a member (`not-found`).",
+                422: "The request failed validation (`validation`: e.g. an invalid RRULE, "
+                "or an assignee who is not a member of the list), or its Idempotency-Key "
                 "was used with another body (`idempotency-key-reused`).",
             },
         ),
@@ -100,10 +143,13 @@ def create_todo(
     result = app.create_todo(
         user.id,
         title=body.title,
+        list_id=body.list_id,
         description=body.description,
         due=body.due,
         priority=body.priority,
         tags=body.tags,
+        assignee=body.assignee,
+        recurrence=body.recurrence,
         idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/v1/todos/{result.todo.id}"
@@ -115,7 +161,7 @@ def create_todo(
 @router.get(
     "/{todo_id}/events",
     response_model=list[EventOut],
-    responses=problem_responses(401, 404, 422, 503),
+    responses=problem_responses(401, 404, 422, 503, described={404: _NOT_FOUND}),
 )
 def list_todo_events(todo_id: UUID, user: CurrentUser, app: TodoApp) -> list[EventOut]:
     return [
@@ -126,24 +172,7 @@ def list_todo_events(todo_id: UUID, user: CurrentUser, app: TodoApp) -> list[Eve
 @router.patch(
     "/{todo_id}",
     response_model=TodoOut,
-    responses={
-        **_changed(200),
-        **problem_responses(
-            400,
-            401,
-            404,
-            409,
-            410,
-            412,
-            413,
-            422,
-            503,
-            described={
-                400: f"{_BAD_BODY[:-1]}, or a malformed If-Match (`bad-if-match`).",
-                409: _CONFLICT,
-            },
-        ),
-    },
+    responses={**_changed(200), **_BODY_COMMAND_PROBLEMS},
 )
 def update_todo(
     todo_id: UUID,
@@ -190,15 +219,163 @@ def reopen_todo(
     responses={
         **_changed(204),
         **problem_responses(
-            400, 401, 404, 409, 412, 422, 503, described={400: _BAD_IF_MATCH, 409: _CONFLICT}
+            400,
+            401,
+            403,
+            404,
+            409,
+            412,
+            422,
+            503,
+            described={400: _BAD_IF_MATCH, 403: _FORBIDDEN, 404: _NOT_FOUND, 409: _CONFLICT},
         ),
     },
 )
 def delete_todo(
     todo_id: UUID, user: CurrentUser, app: TodoApp, expected: ExpectedVersion
 ) -> Response:
-    result = app.delete_todo(user.id, todo_id, expected_version=expected)
+    return _no_content(app.delete_todo(user.id, todo_id, expected_version=expected))
+
+
+def _no_content(result: CommandResult) -> Response:
     headers = {"ETag": f'"{result.todo.version}"'}
     if result.position is not None:
         headers["X-Position"] = str(result.position)
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
+
+
+@router.post(
+    "/{todo_id}/move",
+    response_model=TodoOut,
+    responses={
+        **_changed(200),
+        **problem_responses(
+            400,
+            401,
+            403,
+            404,
+            409,
+            410,
+            412,
+            413,
+            422,
+            503,
+            described={
+                400: f"{_BAD_BODY[:-1]}, or a malformed If-Match (`bad-if-match`).",
+                403: "The caller is a viewer of the todo's list or of `list_id` (`forbidden`).",
+                404: "No such todo or list, or the caller is not a member (`not-found`).",
+                409: _CONFLICT,
+                422: "The request failed validation (`validation`): `after` or `before` is "
+                "not a todo of the target list, or they are out of order.",
+            },
+        ),
+    },
+)
+def move_todo(
+    todo_id: UUID,
+    body: TodoMove,
+    user: CurrentUser,
+    app: TodoApp,
+    response: Response,
+    expected: ExpectedVersion,
+) -> TodoOut:
+    """Move within its list or to another (`list_id`), right after `after` and/or right
+    before `before` (todo ids of that list); neither: to the end. One `todos.task.moved`
+    event on this todo only: its new `order_key` sorts between its neighbours'."""
+    result = app.move_todo(
+        user.id,
+        todo_id,
+        list_id=body.list_id,
+        after=body.after,
+        before=body.before,
+        expected_version=expected,
+    )
+    return _answer(response, result)
+
+
+_STEP_NOT_FOUND = (
+    "No such todo or step, or the caller is not a member of the todo's list (`not-found`)."
+)
+_STEP_PROBLEMS = {
+    **_BODY_COMMAND_PROBLEMS,
+    **problem_responses(
+        404,
+        422,
+        described={
+            404: _STEP_NOT_FOUND,
+            422: "The request failed validation (`validation`), e.g. a 101st step.",
+        },
+    ),
+}
+
+
+@router.post(
+    "/{todo_id}/steps",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TodoOut,
+    responses={
+        201: {
+            "headers": {
+                **_changed(201)[201]["headers"],
+                "Location": LOCATION_HEADER,
+            }
+        },
+        **_STEP_PROBLEMS,
+    },
+)
+def add_step(
+    todo_id: UUID,
+    body: StepCreate,
+    user: CurrentUser,
+    app: TodoApp,
+    response: Response,
+    expected: ExpectedVersion,
+) -> TodoOut:
+    """A step at the end of the todo's checklist (at most 100); the todo, with the step's
+    URL in Location."""
+    result, step_id = app.add_step(user.id, todo_id, body.text, expected_version=expected)
+    response.headers["Location"] = f"/v1/todos/{todo_id}/steps/{step_id}"
+    return _answer(response, result)
+
+
+@router.patch(
+    "/{todo_id}/steps/{step_id}",
+    response_model=TodoOut,
+    responses={**_changed(200), **_STEP_PROBLEMS},
+)
+def update_step(
+    todo_id: UUID,
+    step_id: UUID,
+    body: StepPatch,
+    user: CurrentUser,
+    app: TodoApp,
+    response: Response,
+    expected: ExpectedVersion,
+) -> TodoOut:
+    """Rename (`text`), check or uncheck (`done`) and move (`index`) a step."""
+    result = app.update_step(
+        user.id,
+        todo_id,
+        step_id,
+        text=body.text,
+        done=body.done,
+        index=body.index,
+        expected_version=expected,
+    )
+    return _answer(response, result)
+
+
+@router.delete(
+    "/{todo_id}/steps/{step_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        **_changed(204),
+        **_COMMAND_PROBLEMS,
+        **problem_responses(404, described={404: _STEP_NOT_FOUND}),
+    },
+)
+def remove_step(
+    todo_id: UUID, step_id: UUID, user: CurrentUser, app: TodoApp, expected: ExpectedVersion
+) -> Response:
+    return _no_content(app.remove_step(user.id, todo_id, step_id, expected_version=expected))

@@ -6,10 +6,11 @@ transaction, so a redelivery (the relay re-sends, a crash before the offset comm
 a rebalance) finds the inbox row and has no second effect. Offsets are committed only
 after handling. A handler that keeps failing is retried with exponential backoff a
 bounded number of times, then the message goes to ``<topic>.<group>.dlq`` with headers
-saying why and where from, and its key (the todo id) is *parked* (``consumers.parking``):
-the todo's later messages wait behind it, in order, until an operator retries or skips
-it, while other todos flow on. The group membership (``consumers.group``) bounds every
-broker call and re-joins when the group breaks, so a consumer never wedges.
+saying why and where from, and its key (the todo id, or a list's) is *parked*
+(``consumers.parking``): the todo's later messages wait behind it, in order, until an
+operator retries or skips it, while other todos flow on. The group membership
+(``consumers.group``) bounds every broker call and re-joins when the group breaks, so a
+consumer never wedges.
 """
 
 from __future__ import annotations

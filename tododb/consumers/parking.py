@@ -104,7 +104,7 @@ class Release:
 
 
 def record_key(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    """A message's Kafka key as text (the todo id, per the contract), None if keyless."""
+    """A message's Kafka key as text (the todo or list id, per the contract), or None."""
     return None if record.key is None else record.key.decode("utf-8", "replace")
 
 

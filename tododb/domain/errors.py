@@ -16,3 +16,19 @@ class InvariantViolation(DomainError, ValueError):
 
 class TodoDeletedError(DomainError):
     """A deleted todo takes no further commands."""
+
+
+class ListDeletedError(DomainError):
+    """A deleted list takes no further commands."""
+
+
+class InboxFixed(DomainError):
+    """A user's Inbox is theirs alone: it cannot be renamed, shared, left or deleted."""
+
+
+class LastOwner(DomainError):
+    """A list keeps at least one owner: the last one cannot leave or be demoted."""
+
+
+class StepNotFound(DomainError):
+    """No step with that id on this todo."""

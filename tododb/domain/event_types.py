@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID, uuid5
 
+from tododb.domain.lists import TodoList
 from tododb.domain.todo import Todo
 
 PUBLIC_EVENT_TYPES: dict[type[Any], str] = {
@@ -24,7 +25,23 @@ PUBLIC_EVENT_TYPES: dict[type[Any], str] = {
     Todo.TagsChanged: "todos.task.tags_changed",  # type: ignore[attr-defined]
     Todo.Completed: "todos.task.completed",
     Todo.Reopened: "todos.task.reopened",  # type: ignore[attr-defined]
-    Todo.Deleted: "todos.task.deleted",  # type: ignore[attr-defined]
+    Todo.Deleted: "todos.task.deleted",
+    Todo.Moved: "todos.task.moved",  # type: ignore[attr-defined]
+    Todo.Assigned: "todos.task.assigned",  # type: ignore[attr-defined]
+    Todo.Unassigned: "todos.task.unassigned",  # type: ignore[attr-defined]
+    Todo.RecurrenceSet: "todos.task.recurrence_set",  # type: ignore[attr-defined]
+    Todo.RecurrenceCleared: "todos.task.recurrence_cleared",  # type: ignore[attr-defined]
+    Todo.StepAdded: "todos.task.step_added",  # type: ignore[attr-defined]
+    Todo.StepRenamed: "todos.task.step_renamed",  # type: ignore[attr-defined]
+    Todo.StepChecked: "todos.task.step_checked",  # type: ignore[attr-defined]
+    Todo.StepUnchecked: "todos.task.step_unchecked",  # type: ignore[attr-defined]
+    Todo.StepRemoved: "todos.task.step_removed",  # type: ignore[attr-defined]
+    Todo.StepMoved: "todos.task.step_moved",  # type: ignore[attr-defined]
+    TodoList.Created: "todos.list.created",
+    TodoList.Renamed: "todos.list.renamed",  # type: ignore[attr-defined]
+    TodoList.MemberSet: "todos.list.member_set",  # type: ignore[attr-defined]
+    TodoList.MemberRemoved: "todos.list.member_removed",  # type: ignore[attr-defined]
+    TodoList.Deleted: "todos.list.deleted",  # type: ignore[attr-defined]
 }
 
 _ENVELOPE_FIELDS = frozenset(

@@ -110,3 +110,27 @@ def clean_due(due: datetime) -> datetime:
     if utc is None or not DUE_MIN <= utc <= DUE_MAX:
         raise InvariantViolation("due", "must be between 1900-01-01 and 9998-12-31 (UTC)")
     return utc
+
+
+LIST_NAME_MAX = 100
+STEP_TEXT_MAX = 500
+STEPS_MAX = 100
+MEMBERS_MAX = 100
+
+
+def clean_list_name(name: str) -> str:
+    stripped = clean_text("name", name).strip()
+    if not 1 <= len(stripped) <= LIST_NAME_MAX:
+        raise InvariantViolation(
+            "name", f"must be 1-{LIST_NAME_MAX} characters after stripping white space"
+        )
+    return stripped
+
+
+def clean_step_text(text: str) -> str:
+    stripped = clean_text("text", text).strip()
+    if not 1 <= len(stripped) <= STEP_TEXT_MAX:
+        raise InvariantViolation(
+            "text", f"must be 1-{STEP_TEXT_MAX} characters after stripping white space"
+        )
+    return stripped

@@ -22,7 +22,7 @@ from tododb.eventstore import AppendOnlyApplicationRecorder, TodoPostgresFactory
 from tododb.infra.postgres import ConnectionFactory, eventsourcing_env
 from tododb.infra.settings import Settings, get_settings
 from tododb.projections.admin import ProjectionsAdmin
-from tododb.projections.queries import ReadModelQueries
+from tododb.projections.queries import ReadModelOrderIndex, ReadModelQueries
 from tododb.projections.registry import ReadSide
 from tododb.relay.service import TRACKING_ENV_NAME, Relay
 from tododb.relay.status import RelayStatusReader
@@ -74,6 +74,8 @@ def build_api_services(
     settings: Settings, todo_app: TodoApplication, read_side: ReadSide
 ) -> ApiServices:
     connect = event_store_connections(todo_app)
+    # Moves ask the todos read model for a neighbour's key they were not given.
+    todo_app.order_index = ReadModelOrderIndex(connect, read_side.schema)
     return ApiServices(
         todo_app=todo_app,
         connect=connect,

@@ -22,7 +22,7 @@ from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
 
 from tododb.eventstore.recorder import AppendOnlyApplicationRecorder
-from tododb.infra.postgres import RECONNECT_SECONDS, DatabaseUnavailable
+from tododb.infra.postgres import RECONNECT_SECONDS, DatabaseUnavailable, ping_when_idle
 
 
 class BoundedDatastore(PostgresDatastore):
@@ -51,6 +51,7 @@ class TodoPostgresFactory(PostgresFactory):
         # timeout is reported (no state of its own), so re-typing the instance is safe.
         self.datastore.__class__ = BoundedDatastore
         self.datastore.pool.reconnect_timeout = RECONNECT_SECONDS
+        ping_when_idle(self.datastore.pool)
 
 
 TodoPostgresFactory.application_recorder_class = AppendOnlyApplicationRecorder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from psycopg.sql import SQL, Identifier, Literal
 from tododb.application import TodoApplication
 from tododb.projections.projection import generation_name
 from tododb.projections.rebuild_log import RebuildLog
+from tododb.projections.rows import TodoRow
 from tododb.projections.views import (
     APPLICATION_NAME,
     DDL_LOCK,
@@ -25,6 +27,8 @@ from tododb.projections.views import (
 )
 
 KINDS = tuple(VIEW_CLASSES)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,47 @@ class ReadSide:
                 ).format(Identifier(self.schema))
             )
             RebuildLog(self).create_table(conn)
-            missing = [k for k in KINDS if self._generation(conn, k) is None]
-        for kind in missing:
-            view = self.open_view(kind, 1)
-            view.create_indexes()
-            view.datastore.close()
-            self.activate(kind, 1)
+            live = {k: self._generation(conn, k) for k in KINDS}
+            outdated = [
+                k for k, g in live.items() if g is not None and not self._current(conn, k, g)
+            ]
+        for kind in [k for k, g in live.items() if g is None]:
+            self._start_generation(kind, 1)
+        for kind in outdated:
+            # Tables of an earlier release's shape: the workers could not write them nor
+            # the queries read them. A new, empty generation goes live instead, and the
+            # projection worker fills it from the start of the log (an admin rebuild
+            # would have swapped it in only once full; this runs unattended).
+            generation = self.next_generation(kind)
+            log.warning(
+                "read model %s: generation %s has an old table shape; generation %d replaces "
+                "it and is replayed from the start of the log",
+                kind,
+                live[kind],
+                generation,
+            )
+            self._start_generation(kind, generation)
+
+    def _start_generation(self, kind: str, generation: int) -> None:
+        view = self.open_view(kind, generation)
+        view.create_indexes()
+        view.datastore.close()
+        self.activate(kind, generation)
+
+    def _current(
+        self, conn: psycopg.Connection[dict[str, Any]], kind: str, generation: int
+    ) -> bool:
+        """Whether ``generation``'s tables are this release's: every one the stable views
+        show exists, and the todo rows have every column."""
+        tables = list(VIEW_CLASSES[kind].sql_views_for(generation_name(kind, generation)).values())
+        found = conn.execute(
+            "SELECT table_name, array_agg(column_name::text) AS columns "
+            "FROM information_schema.columns WHERE table_schema = %s AND table_name = ANY(%s) "
+            "GROUP BY table_name",
+            (self.schema, tables),
+        ).fetchall()
+        columns = {r["table_name"]: set(r["columns"]) for r in found}
+        return set(columns) == set(tables) and set(TodoRow.COLUMNS) <= columns[tables[0]]
 
     def _generation(self, conn: psycopg.Connection[dict[str, Any]], kind: str) -> int | None:
         row = conn.execute(
@@ -113,14 +152,21 @@ class ReadSide:
 
     def activate(self, kind: str, generation: int) -> None:
         """Point the stable SQL views at ``generation``, atomically with the registry."""
-        view_tables = VIEW_CLASSES[kind].sql_views_for(generation_name(kind, generation))
+        view_class = VIEW_CLASSES[kind]
+        view_tables = view_class.sql_views_for(generation_name(kind, generation))
         schema = Identifier(self.schema)
         with self.connect() as conn, conn.transaction():
             conn.execute(DDL_LOCK)  # concurrent CREATE OR REPLACE VIEW races on pg_type
+            for retired in view_class.RETIRED_SQL_VIEWS:
+                conn.execute(SQL("DROP VIEW IF EXISTS {}.{}").format(schema, Identifier(retired)))
             for view_name, table in view_tables.items():
+                # Dropped and made again: a new generation may have other columns than
+                # the one the view showed (CREATE OR REPLACE VIEW refuses that).
+                name = Identifier(view_name)
+                conn.execute(SQL("DROP VIEW IF EXISTS {}.{}").format(schema, name))
                 conn.execute(
-                    SQL("CREATE OR REPLACE VIEW {0}.{1} AS SELECT * FROM {0}.{2}").format(
-                        schema, Identifier(view_name), Identifier(table)
+                    SQL("CREATE VIEW {0}.{1} AS SELECT * FROM {0}.{2}").format(
+                        schema, name, Identifier(table)
                     )
                 )
             conn.execute(

@@ -1,9 +1,16 @@
 """Read models as tracking recorders: each update commits with its log position.
 
-A view is one *generation* of tables (``todos_g3``, ``todos_g3_tracking``, and
-``todos_g3_quarantine`` for the events it could not apply; see ``quarantine``). Queries read
-stable SQL views (``readmodels.todos``) that point at the active generation, so a
-rebuild can fill a new generation while the old one keeps serving, then swap.
+A view is one *generation* of tables (``todos_g3``, ``todos_g3_lists``,
+``todos_g3_members``, ``todos_g3_tracking``, and ``todos_g3_quarantine`` for the events it
+could not apply; see ``quarantine``). Queries read stable SQL views (``readmodels.todos``,
+``readmodels.lists``, ...) that point at the active generation, so a rebuild can fill a
+new generation while the old one keeps serving, then swap.
+
+Both kinds fold todos *and* lists (with their members): whoever may see a todo is decided
+by its list's members as of the same position, in the same transaction. No row is ever
+written from another aggregate's event, so a partitioned rebuild (by aggregate id) and
+per-aggregate quarantine stay valid; a todo of a deleted list is hidden by the queries'
+join, not by rewriting the todo.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from tododb.application import TodoApplication
+from tododb.domain import TodoList
 from tododb.projections.quarantine import (
     RELEASED,
     SKIPPED,
@@ -36,7 +44,7 @@ from tododb.projections.quarantine import (
     quarantined_todos,
     split,
 )
-from tododb.projections.rows import TodoRow, fold_events
+from tododb.projections.rows import ListRow, Row, TodoRow, aggregate_class, fold_events
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +58,24 @@ ReadEvents = Callable[[UUID, int, int], list[Pair]]
 """(todo id, from version, until position) → the todo's events, decoded, in order."""
 
 _ROW_DDL = (
-    "id uuid PRIMARY KEY, owner text NOT NULL, title text NOT NULL, "
+    "id uuid PRIMARY KEY, owner text NOT NULL, list_id uuid NOT NULL, title text NOT NULL, "
     "description text NOT NULL, due timestamptz, priority text NOT NULL, "
-    "tags text[] NOT NULL, status text NOT NULL, created_at timestamptz NOT NULL, "
+    "tags text[] NOT NULL, status text NOT NULL, "
+    # Order keys compare byte-wise (tododb.domain.ordering), whatever the database's locale.
+    'order_key text COLLATE "C" NOT NULL, assignee text, recurrence text, '
+    "recurrence_anchor timestamptz, steps jsonb NOT NULL, completions integer NOT NULL, "
+    "created_at timestamptz NOT NULL, "
     "updated_at timestamptz NOT NULL, completed_at timestamptz, version integer NOT NULL, "
     "deleted boolean NOT NULL, position bigint NOT NULL"
+)
+_LIST_DDL = (
+    "id uuid PRIMARY KEY, name text NOT NULL, owner text NOT NULL, inbox boolean NOT NULL, "
+    "deleted boolean NOT NULL, version integer NOT NULL, position bigint NOT NULL, "
+    "created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL"
+)
+_MEMBER_DDL = (
+    "list_id uuid NOT NULL, user_id text NOT NULL, role text NOT NULL, "
+    "PRIMARY KEY (list_id, user_id)"
 )
 
 
@@ -98,6 +119,7 @@ class TodoRowsView(PostgresTrackingRecorder):
         # the round trip.
         self.upsert_sql = self.upsert_statement.as_bytes()
         self.select_rows_sql = self.select_rows_statement.as_bytes()
+        self._list_statements()
         # The library's single-row tracking upsert returns no row when the position would
         # not advance; dividing by that count aborts the transaction (division_by_zero), so
         # an event can never be applied twice, with no round trip to check.
@@ -116,6 +138,54 @@ class TodoRowsView(PostgresTrackingRecorder):
     def rows_table_name(self) -> str:
         return self.prefix
 
+    @property
+    def lists_table_name(self) -> str:
+        return f"{self.prefix}_lists"
+
+    @property
+    def members_table_name(self) -> str:
+        return f"{self.prefix}_members"
+
+    def _list_statements(self) -> None:
+        lists = SQL("{}.{}").format(self.schema, Identifier(self.lists_table_name))
+        members = SQL("{}.{}").format(self.schema, Identifier(self.members_table_name))
+        self.upsert_list_sql = (
+            SQL(
+                "INSERT INTO {lists} ({columns}) VALUES ({values}) "
+                "ON CONFLICT (id) DO UPDATE SET {updates}"
+            )
+            .format(
+                lists=lists,
+                columns=SQL(", ").join(Identifier(c) for c in ListRow.COLUMNS),
+                values=SQL(", ").join(SQL("%s") for _ in ListRow.COLUMNS),
+                updates=SQL(", ").join(
+                    SQL("{0} = EXCLUDED.{0}").format(Identifier(c)) for c in ListRow.COLUMNS[1:]
+                ),
+            )
+            .as_bytes()
+        )
+        # A list's members come back with it, as one JSON object (user id → role).
+        self.select_lists_sql = (
+            SQL(
+                "SELECT l.*, COALESCE((SELECT jsonb_object_agg(m.user_id, m.role) "
+                "FROM {members} m WHERE m.list_id = l.id), '{{}}'::jsonb) AS members "
+                "FROM {lists} l WHERE l.id = ANY(%s) FOR UPDATE OF l"
+            )
+            .format(lists=lists, members=members)
+            .as_bytes()
+        )
+        self.delete_members_sql = (
+            SQL("DELETE FROM {} WHERE list_id = ANY(%s)").format(members).as_bytes()
+        )
+        self.insert_members_sql = (
+            SQL(
+                "INSERT INTO {} (list_id, user_id, role) "
+                "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[])"
+            )
+            .format(members)
+            .as_bytes()
+        )
+
     def create_table(self) -> None:
         """The library reads whether the tracking table's migration is recorded before it
         takes our DDL lock; two processes opening one generation at once (`todo dev`
@@ -133,20 +203,30 @@ class TodoRowsView(PostgresTrackingRecorder):
     def table_statements(self) -> list[Composed]:
         return [
             SQL("CREATE TABLE IF NOT EXISTS {schema}.{table} ({ddl})").format(
-                schema=self.schema, table=self.rows_table, ddl=SQL(_ROW_DDL)
-            ),
-            *self.quarantine.statements(),
-        ]
+                schema=self.schema, table=Identifier(table), ddl=SQL(ddl)
+            )
+            for table, ddl in (
+                (self.rows_table_name, _ROW_DDL),
+                (self.lists_table_name, _LIST_DDL),
+                (self.members_table_name, _MEMBER_DDL),
+            )
+        ] + self.quarantine.statements()
 
     def index_statements(self) -> list[Composed]:
-        """Created after a rebuild has loaded its rows: bulk loads are faster without."""
-        return []
+        """Created after a rebuild has loaded its rows: bulk loads are faster without.
+        Every kind finds a user's lists by membership."""
+        m = self.members_table_name
+        return self.indexes_on(m, {f"{m}_user": "(user_id, list_id)"})
 
     def indexes_on_rows(self, specs: dict[str, str]) -> list[Composed]:
         """CREATE INDEX statements on the rows table: index name → columns/method/predicate."""
+        return self.indexes_on(self.rows_table_name, specs)
+
+    def indexes_on(self, table: str, specs: dict[str, str]) -> list[Composed]:
+        """CREATE INDEX statements on ``table``: index name → columns/method/predicate."""
         return [
             SQL("CREATE INDEX IF NOT EXISTS {name} ON {schema}.{table} {spec}").format(
-                name=Identifier(name), schema=self.schema, table=self.rows_table, spec=SQL(spec)
+                name=Identifier(name), schema=self.schema, table=Identifier(table), spec=SQL(spec)
             )
             for name, spec in specs.items()
         ]
@@ -202,19 +282,47 @@ class TodoRowsView(PostgresTrackingRecorder):
             self._track(curs, tracking)
 
     def _apply_rows(self, curs: Cursor[DictRow], events: Sequence[Pair]) -> None:
-        first_version: dict[UUID, int] = {}
+        first: dict[UUID, tuple[int, bool]] = {}
         for event, _ in events:
-            first_version.setdefault(event.originator_id, event.originator_version)
-        # A todo whose first event here is its creation has no row yet: skip the lookup.
-        existing = [i for i, version in first_version.items() if version > 1]
-        before: dict[UUID, TodoRow] = {}
-        if existing:
-            curs.execute(self.select_rows_sql, (existing,), prepare=True)
-            before = {r["id"]: TodoRow.from_record(r) for r in curs.fetchall()}
+            if event.originator_id not in first:
+                is_list = aggregate_class(event) is TodoList
+                first[event.originator_id] = (event.originator_version, is_list)
+        # An aggregate whose first event here is its creation has no row yet: no lookup.
+        todo_ids = [i for i, (version, is_list) in first.items() if version > 1 and not is_list]
+        list_ids = [i for i, (version, is_list) in first.items() if version > 1 and is_list]
+        before: dict[UUID, Row] = {}
+        if todo_ids:
+            curs.execute(self.select_rows_sql, (todo_ids,), prepare=True)
+            before.update((r["id"], TodoRow.from_record(r)) for r in curs.fetchall())
+        if list_ids:
+            curs.execute(self.select_lists_sql, (list_ids,), prepare=True)
+            before.update((r["id"], ListRow.from_record(r, r["members"])) for r in curs.fetchall())
         after = fold_events(before, events)
-        if after:
-            self._upsert(curs, list(after.values()))
-            self.after_rows_changed(curs, [(before.get(i), row) for i, row in after.items()])
+        todos = [(before.get(i), r) for i, r in after.items() if isinstance(r, TodoRow)]
+        lists = [(before.get(i), r) for i, r in after.items() if isinstance(r, ListRow)]
+        if todos:
+            self._upsert(curs, [row for _, row in todos])
+            self.after_rows_changed(
+                curs, [(old if isinstance(old, TodoRow) else None, new) for old, new in todos]
+            )
+        if lists:
+            self._upsert_lists(curs, lists)
+
+    def _upsert_lists(self, curs: Cursor[DictRow], lists: list[tuple[Row | None, ListRow]]) -> None:
+        """The lists' rows, and the members of those whose members changed (replaced)."""
+        curs.executemany(self.upsert_list_sql, [row.values() for _, row in lists])
+        changed = [
+            row
+            for old, row in lists
+            if not (isinstance(old, ListRow) and old.members == row.members)
+        ]
+        if not changed:
+            return
+        curs.execute(self.delete_members_sql, ([row.id for row in changed],))
+        members = [(row.id, user, role) for row in changed for user, role in row.members.items()]
+        if members:
+            ids, users, roles = (list(column) for column in zip(*members, strict=True))
+            curs.execute(self.insert_members_sql, (ids, users, roles))
 
     def _track(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
         curs.execute(
@@ -314,13 +422,15 @@ class TodoRowsView(PostgresTrackingRecorder):
         return Resolution(todo_id, applied, new_head)
 
     def _skip_row(self, curs: Cursor[DictRow], head: QuarantinedTodo) -> None:
-        """A skipped event is a no-op in the view: the row only moves past its version."""
-        curs.execute(
-            SQL(
-                "UPDATE {}.{} SET version = %s, position = %s WHERE id = %s AND version = %s"
-            ).format(self.schema, self.rows_table),
-            (head.version, head.position, head.todo_id, head.version - 1),
-        )
+        """A skipped event is a no-op in the view: the row (a todo's or a list's) only
+        moves past its version."""
+        for table in (self.rows_table_name, self.lists_table_name):
+            curs.execute(
+                SQL(
+                    "UPDATE {}.{} SET version = %s, position = %s WHERE id = %s AND version = %s"
+                ).format(self.schema, Identifier(table)),
+                (head.version, head.position, head.todo_id, head.version - 1),
+            )
 
     def _tracked(self, curs: Cursor[DictRow]) -> int:
         """The view's position, read in the caller's transaction (after its lock)."""
@@ -362,59 +472,82 @@ class TodoRowsView(PostgresTrackingRecorder):
                 )
 
     def owned_tables(self) -> list[str]:
-        return [self.rows_table_name, self.tracking_table_name, self.quarantine.name]
+        return [
+            self.rows_table_name,
+            self.lists_table_name,
+            self.members_table_name,
+            self.tracking_table_name,
+            self.quarantine.name,
+        ]
 
     @classmethod
     def sql_views_for(cls, prefix: str) -> dict[str, str]:
         """Stable view name → the table of generation ``prefix`` it exposes."""
         return {}
 
+    RETIRED_SQL_VIEWS: tuple[str, ...] = ()
+    """Stable views earlier releases made (dropped on activation, so nothing keeps an
+    old generation's tables from being dropped)."""
+
 
 class TodosView(TodoRowsView):
-    """The current state of every todo: the API representation plus owner and deleted."""
+    """The current state of every todo and list: the API representation plus owner and
+    deleted, and every list's members."""
 
     kind = "todos"
 
     def index_statements(self) -> list[Composed]:
         t = self.rows_table_name
+        live = "WHERE NOT deleted"
         specs = {
-            f"{t}_owner_created": "(owner, created_at, id) WHERE NOT deleted",
-            f"{t}_owner_updated": "(owner, updated_at, id) WHERE NOT deleted",
-            f"{t}_owner_due": (
-                "(owner, (COALESCE(due, 'infinity'::timestamptz)), id) WHERE NOT deleted"
-            ),
+            f"{t}_list_position": f"(list_id, order_key, id) {live}",
+            f"{t}_list_created": f"(list_id, created_at, id) {live}",
+            f"{t}_list_updated": f"(list_id, updated_at, id) {live}",
+            f"{t}_list_due": f"(list_id, (COALESCE(due, 'infinity'::timestamptz)), id) {live}",
+            f"{t}_assignee": f"(assignee, list_id) {live} AND assignee IS NOT NULL",
             f"{t}_tags": "USING gin (tags)",
         }
-        return self.indexes_on_rows(specs)
+        return [*super().index_statements(), *self.indexes_on_rows(specs)]
 
     @classmethod
     def sql_views_for(cls, prefix: str) -> dict[str, str]:
-        return {"todos": prefix}
+        return {"todos": prefix, "lists": f"{prefix}_lists", "list_members": f"{prefix}_members"}
 
 
 def _counts(row: TodoRow | None) -> tuple[int, int, int]:
-    """(open, completed, total) that one todo contributes to its owner's stats."""
+    """(open, completed, total) that one todo contributes to its list's stats."""
     if row is None or row.deleted:
         return (0, 0, 0)
     return (1, 0, 1) if row.status == "open" else (0, 1, 1)
 
 
 class StatsView(TodoRowsView):
-    """Per-user figures: counters kept per event; time-relative ones by indexed query."""
+    """Per-list figures: counters kept per event; time-relative ones by indexed query.
+    A user's figures are the sums over the lists they may see (its lists and members
+    are folded here too, so visibility and figures share one position)."""
 
     kind = "stats"
+    RETIRED_SQL_VIEWS = ("stats_users",)
 
     def __init__(self, datastore: PostgresDatastore, *, tracking_table_name: str, **kw: Any):
         super().__init__(datastore, tracking_table_name=tracking_table_name, **kw)
-        self.users_table = Identifier(self.users_table_name)
+        self.counts_table = Identifier(self.counts_table_name)
         self.bump_sql = (
             SQL(
-                "INSERT INTO {schema}.{table} AS u (owner, open, completed, total) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET "
-                "open = u.open + EXCLUDED.open, completed = u.completed + EXCLUDED.completed, "
-                "total = u.total + EXCLUDED.total"
+                "INSERT INTO {schema}.{table} AS c (list_id, open, completed, total) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (list_id) DO UPDATE SET "
+                "open = c.open + EXCLUDED.open, completed = c.completed + EXCLUDED.completed, "
+                "total = c.total + EXCLUDED.total"
             )
-            .format(schema=self.schema, table=self.users_table)
+            .format(schema=self.schema, table=self.counts_table)
+            .as_bytes()
+        )
+        self.drop_empty_sql = (
+            SQL(
+                "DELETE FROM {schema}.{table} WHERE list_id = ANY(%s) "
+                "AND open = 0 AND completed = 0 AND total = 0"
+            )
+            .format(schema=self.schema, table=self.counts_table)
             .as_bytes()
         )
 
@@ -423,44 +556,60 @@ class StatsView(TodoRowsView):
         return f"{self.prefix}_todos"
 
     @property
-    def users_table_name(self) -> str:
-        return f"{self.prefix}_users"
+    def counts_table_name(self) -> str:
+        return f"{self.prefix}_counts"
 
     def table_statements(self) -> list[Composed]:
         return [
             *super().table_statements(),
             SQL(
-                "CREATE TABLE IF NOT EXISTS {schema}.{table} (owner text PRIMARY KEY, "
+                "CREATE TABLE IF NOT EXISTS {schema}.{table} (list_id uuid PRIMARY KEY, "
                 "open integer NOT NULL, completed integer NOT NULL, total integer NOT NULL)"
-            ).format(schema=self.schema, table=Identifier(self.users_table_name)),
+            ).format(schema=self.schema, table=Identifier(self.counts_table_name)),
         ]
 
     def index_statements(self) -> list[Composed]:
         t = self.rows_table_name
         specs = {
-            f"{t}_open_due": "(owner, due) WHERE status = 'open' AND NOT deleted",
-            f"{t}_completed_at": "(owner, completed_at) WHERE status = 'completed' AND NOT deleted",
+            f"{t}_open_due": "(list_id, due) WHERE status = 'open' AND NOT deleted",
+            f"{t}_completed_at": (
+                "(list_id, completed_at) WHERE status = 'completed' AND NOT deleted"
+            ),
         }
-        return self.indexes_on_rows(specs)
+        return [*super().index_statements(), *self.indexes_on_rows(specs)]
 
     def after_rows_changed(
         self, curs: Cursor[DictRow], changed: list[tuple[TodoRow | None, TodoRow]]
     ) -> None:
-        deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        """A todo's counts leave its old list and join its new one (a move shifts them)."""
+        deltas: dict[UUID, list[int]] = defaultdict(lambda: [0, 0, 0])
         for old, new in changed:
-            for i, (a, b) in enumerate(zip(_counts(old), _counts(new), strict=True)):
-                deltas[new.owner][i] += b - a
-        # Every owner touched gets a row (zeros too), so replays and live runs agree.
-        bumps = [(owner, *d) for owner, d in sorted(deltas.items())]
+            if old is not None:
+                for i, count in enumerate(_counts(old)):
+                    deltas[old.list_id][i] -= count
+            for i, count in enumerate(_counts(new)):
+                deltas[new.list_id][i] += count
+        # A list has a row exactly while it counts something, however the events were
+        # batched (live, or a rebuild where a todo's create and move share a batch): in
+        # key order, so concurrent writers (a partitioned rebuild) lock rows in one order.
+        bumps = [(list_id, *d) for list_id, d in sorted(deltas.items()) if any(d)]
         if bumps:
             curs.executemany(self.bump_sql, bumps)
+        emptied = [list_id for list_id, d in sorted(deltas.items()) if min(d) < 0]
+        if emptied:
+            curs.execute(self.drop_empty_sql, (emptied,))
 
     def owned_tables(self) -> list[str]:
-        return [*super().owned_tables(), self.users_table_name]
+        return [*super().owned_tables(), self.counts_table_name]
 
     @classmethod
     def sql_views_for(cls, prefix: str) -> dict[str, str]:
-        return {"stats_todos": f"{prefix}_todos", "stats_users": f"{prefix}_users"}
+        return {
+            "stats_todos": f"{prefix}_todos",
+            "stats_counts": f"{prefix}_counts",
+            "stats_lists": f"{prefix}_lists",
+            "stats_list_members": f"{prefix}_members",
+        }
 
 
 VIEW_CLASSES: dict[str, type[TodoRowsView]] = {"todos": TodosView, "stats": StatsView}

@@ -47,7 +47,11 @@ class Undecodable(Exception):
 
 
 class OwnerCache:
-    """Bounded todo → owner map, so most events need no lookup of their todo's owner."""
+    """Bounded aggregate → owner map, so most events need no lookup of their owner.
+
+    Todos and lists alike: both aggregates' ``Created`` events name an ``owner`` (a
+    list's is the user who created it), and their ids never collide (uuid4, or uuid5 in
+    namespaces of their own for idempotent creates and Inboxes)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
@@ -67,10 +71,11 @@ class OwnerCache:
 
 
 class Envelopes:
-    """Log positions → messages, with a todo → owner cache.
+    """Log positions → messages, with an aggregate → owner cache.
 
-    Only ``created`` carries the owner; for the other events it comes from the cache or,
-    for todos created outside what this decoder has seen, from one query per range.
+    Only ``created`` carries the owner (of a todo or of a list); for the other events it
+    comes from the cache or, for aggregates created outside what this decoder has seen,
+    from one query per range.
     """
 
     def __init__(self, app: TodoApplication) -> None:
@@ -121,8 +126,8 @@ class Envelopes:
     ) -> tuple[list[OutgoingMessage], list[Failure]]:
         """Messages, and the events that failed to decode or encode (in log order).
 
-        One bad event fails alone: a stored event that does not decode, a todo without
-        an owner, a message that must not be published. Types the contract does not
+        One bad event fails alone: a stored event that does not decode, a todo or list
+        without an owner, a message that must not be published. Types the contract does not
         name are left out by design (logged), neither sent nor failed.
         """
         events, failures = self._decode(notifications)
@@ -175,7 +180,9 @@ class Envelopes:
             return owner
         cached = self.owners.get(event.originator_id)
         if cached is None:
-            raise RuntimeError(f"todo {event.originator_id} has no created event with an owner")
+            raise RuntimeError(
+                f"aggregate {event.originator_id} has no created event with an owner"
+            )
         return cached
 
 

@@ -1,9 +1,11 @@
 """Domain event → the published contract's CloudEvent (``tododb.contract``), as a message.
 
 ``id`` is the stable event id (a re-send keeps it, so consumers can dedupe), ``subject``
-and the Kafka key are the todo id (so one todo's events stay in one partition, in
-order), ``sequence`` is the global log position and ``owner`` saves consumers from
-keeping state to know it.
+and the Kafka key are the aggregate's id, the todo's or the list's (so one aggregate's
+events stay in one partition, in order), ``sequence`` is the global log position,
+``owner`` (the todo's, or the list's creator) saves consumers from keeping state to know
+it, and ``actor`` names who caused the event (the owner for events stored before actors
+were recorded). The actor is an attribute of the envelope, not a field of ``data``.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Failure(NamedTuple):
 
     @property
     def key(self) -> bytes:
-        """The todo's Kafka key, as its messages carry it."""
+        """The aggregate's Kafka key (the todo's or the list's), as its messages carry it."""
         return self.todo_id.encode()
 
 
@@ -129,9 +131,17 @@ def event_id_text(aggregate_id: UUID, version: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def actor_of(domain_event: Any, owner: str) -> str:
+    """Who caused the event: its ``actor``, or the owner for events stored without one."""
+    actor = getattr(domain_event, "actor", None)
+    return actor if isinstance(actor, str) and actor else owner
+
+
 def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
     todo_id: UUID = domain_event.originator_id
     version: int = domain_event.originator_version
+    data = event_payload(domain_event)
+    data.pop("actor", None)
     return CloudEvent(
         {
             "id": event_id_text(todo_id, version),
@@ -144,8 +154,9 @@ def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
             contract.SEQUENCE: str(position),
             contract.AGGREGATE_VERSION: version,
             contract.OWNER: owner,
+            contract.ACTOR: actor_of(domain_event, owner),
         },
-        event_payload(domain_event),
+        data,
     )
 
 

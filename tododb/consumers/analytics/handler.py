@@ -1,5 +1,7 @@
-"""Analytics: per user and per day, how many todos were created, completed, reopened and
-deleted, and the mean time from creation to completion.
+"""Analytics: per user and per day, how many of their todos were created, completed,
+reopened and deleted, and the mean time from creation to completion; and per actor (the
+user who acted, on their own todos or on a shared list's), per day, how many events of
+each type they caused.
 
 Totals must equal what the event store holds, also after redeliveries: every counter
 update commits together with the event's inbox row (see ``core``), so each event counts
@@ -42,10 +44,16 @@ class AnalyticsHandler:
         return DDL
 
     async def handle(self, conn: AsyncConn, event: TodoEvent) -> None:
+        day = event.time.astimezone(UTC).date()
+        await conn.execute(
+            "INSERT INTO analytics.actor_daily (actor, day, type, events) "
+            "VALUES (%s, %s, %s, 1) ON CONFLICT (actor, day, type) "
+            "DO UPDATE SET events = analytics.actor_daily.events + 1",
+            (event.actor, day, event.type),
+        )
         column = _COUNTED.get(event.type)
         if column is None:
             return
-        day = event.time.astimezone(UTC).date()
         await conn.execute(_BUMP[column], (event.owner, day))
         if column == "created":
             await conn.execute(

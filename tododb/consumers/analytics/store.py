@@ -27,11 +27,17 @@ DDL = (
     # When each todo was created, to time its completions.
     "CREATE TABLE IF NOT EXISTS analytics.todos ("
     "todo_id uuid PRIMARY KEY, owner text NOT NULL, created_at timestamptz NOT NULL)",
+    # Per actor (the user whose command caused the event), per day and event type: every
+    # published type, task and list alike, and types of later contract versions too.
+    "CREATE TABLE IF NOT EXISTS analytics.actor_daily ("
+    "actor text NOT NULL, day date NOT NULL, type text NOT NULL, "
+    "events integer NOT NULL DEFAULT 0, PRIMARY KEY (actor, day, type))",
 )
 
 
 class AnalyticsStore:
-    """The figures the API serves, read through the service's own module."""
+    """The figures the API serves, read through the service's own module: per owner (of
+    the todos) and day, and per actor (who did it), day and event type."""
 
     def __init__(self, connect: ConnectionFactory) -> None:
         self.connect = connect
@@ -50,6 +56,28 @@ class AnalyticsStore:
                 (owner, start, end),
             ).fetchall()
         return [_day(row) for row in rows]
+
+    def actor_figures(self, actor: str, start: date, end: date) -> list[dict[str, Any]]:
+        """What ``actor`` did per day in [start, end]: events by type, days without any
+        left out (``{"day": "2030-01-01", "events": {"todos.task.created": 2, ...}}``)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT day, type, events FROM analytics.actor_daily "
+                "WHERE actor = %s AND day BETWEEN %s AND %s ORDER BY day, type",
+                (actor, start, end),
+            ).fetchall()
+        days: dict[date, dict[str, int]] = {}
+        for row in rows:
+            days.setdefault(row["day"], {})[row["type"]] = row["events"]
+        return [{"day": day.isoformat(), "events": events} for day, events in days.items()]
+
+    def actor_totals(self, actor: str, start: date, end: date) -> dict[str, int]:
+        """What ``actor`` did in [start, end]: events by type."""
+        totals: dict[str, int] = {}
+        for day in self.actor_figures(actor, start, end):
+            for type_, n in day["events"].items():
+                totals[type_] = totals.get(type_, 0) + n
+        return totals
 
 
 def _day(row: dict[str, Any]) -> dict[str, Any]:

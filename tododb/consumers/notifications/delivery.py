@@ -62,6 +62,7 @@ def payload(claim: Claim) -> bytes:
             "message": claim.message,
             "data": claim.data,
             "occurred_at": claim.occurred_at.isoformat(),
+            "actor": claim.actor,
         },
         separators=(",", ":"),
     ).encode()

@@ -31,7 +31,7 @@ _CLAIM = (
     "WHERE d.id = due.id AND w.id = d.webhook_id AND n.id = d.notification_id "
     "RETURNING d.id, d.attempts, d.webhook_id, w.url, w.secret, w.deleted_at, "
     "w.consecutive_failures, w.circuit_open_until, n.id AS notification_id, "
-    "n.event_id, n.todo_id, n.type, n.message, n.data, n.occurred_at"
+    "n.event_id, n.todo_id, n.type, n.message, n.data, n.occurred_at, n.actor"
 )
 
 
@@ -54,6 +54,8 @@ class Claim:
     message: str
     data: Any
     occurred_at: datetime
+    actor: str | None = None
+    """Who caused it (None on notifications made before actors were recorded)."""
 
 
 @dataclass(frozen=True)

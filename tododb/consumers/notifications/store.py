@@ -22,15 +22,46 @@ SCHEMA = "notifications"
 DDL = (
     "CREATE SCHEMA IF NOT EXISTS notifications",
     inbox_ddl(SCHEMA),
+    # One row per event and recipient (``owner``: the user notified, a member of the
+    # todo's list other than the actor). Before lists, one per event (its owner): the
+    # unique constraint on event_id alone is dropped where an older version made it.
     "CREATE TABLE IF NOT EXISTS notifications.notifications ("
-    "id bigserial PRIMARY KEY, owner text NOT NULL, event_id uuid NOT NULL UNIQUE, "
+    "id bigserial PRIMARY KEY, owner text NOT NULL, event_id uuid NOT NULL, "
     "todo_id uuid NOT NULL, type text NOT NULL, message text NOT NULL, data jsonb NOT NULL, "
     "occurred_at timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    # Only when there is something to change: ALTER TABLE takes an ACCESS EXCLUSIVE lock
+    # even when IF [NOT] EXISTS makes it a no-op, and a consumer handling events while
+    # another process (`todo consumer retry`, a second replica) applies this DDL would
+    # deadlock with it.
+    "DO $$ BEGIN "
+    "IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'notifications_event_id_key' "
+    "AND conrelid = 'notifications.notifications'::regclass) THEN "
+    "ALTER TABLE notifications.notifications DROP CONSTRAINT notifications_event_id_key; "
+    "END IF; "
+    "IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'actor' AND NOT attisdropped "
+    "AND attrelid = 'notifications.notifications'::regclass) THEN "
+    "ALTER TABLE notifications.notifications ADD COLUMN actor text; "
+    "END IF; END $$",
+    "CREATE UNIQUE INDEX IF NOT EXISTS notifications_event_recipient "
+    "ON notifications.notifications (event_id, owner)",
     "CREATE INDEX IF NOT EXISTS notifications_owner_id "
     "ON notifications.notifications (owner, id DESC)",
     # Titles, so that later notifications can name the todo without asking anyone.
     "CREATE TABLE IF NOT EXISTS notifications.todo_titles ("
     "todo_id uuid PRIMARY KEY, title text NOT NULL)",
+    # Who is notified: each todo's list (from created and moved; a todo whose created
+    # event came before lists, or before this table, has none: its owner's Inbox), and
+    # each list's members (from todos.list.*). A deleted list keeps its members, so the
+    # deletions of its todos (their events come on other keys, maybe later) reach them.
+    "CREATE TABLE IF NOT EXISTS notifications.todo_lists ("
+    "todo_id uuid PRIMARY KEY, list_id uuid NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS notifications.lists ("
+    "list_id uuid PRIMARY KEY, owner text NOT NULL, name text NOT NULL, "
+    "inbox boolean NOT NULL, deleted boolean NOT NULL DEFAULT false, "
+    "version integer NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS notifications.list_members ("
+    "list_id uuid NOT NULL REFERENCES notifications.lists (list_id), user_id text NOT NULL, "
+    "role text NOT NULL, PRIMARY KEY (list_id, user_id))",
     "CREATE TABLE IF NOT EXISTS notifications.webhooks ("
     "id uuid PRIMARY KEY, owner text NOT NULL, url text NOT NULL, secret text NOT NULL, "
     "created_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz, "
@@ -127,10 +158,11 @@ class NotificationsStore:
         return True
 
     def notifications(self, owner: str, *, before: int | None, limit: int) -> list[dict[str, Any]]:
-        """The owner's notifications with ids below ``before``, newest first."""
+        """The user's notifications with ids below ``before``, newest first (``actor``:
+        who caused it, None on notifications made before actors were recorded)."""
         with self.connect() as conn:
             rows = conn.execute(
-                "SELECT id, event_id, todo_id, type, message, data, occurred_at "
+                "SELECT id, event_id, todo_id, type, message, data, occurred_at, actor "
                 "FROM notifications.notifications WHERE owner = %s "
                 "AND (%s::bigint IS NULL OR id < %s::bigint) ORDER BY id DESC LIMIT %s",
                 (owner, before, before, limit),
