@@ -140,8 +140,8 @@ class Access:
 CREATE_FIELDS = ("title", "description", "due", "priority", "tags")
 REPLAYED_FIELDS = (*CREATE_FIELDS, "list_id", "assignee", "recurrence")
 """What a retried create must repeat for its Idempotency-Key to return the first todo."""
-PATCH_FIELDS = (*CREATE_FIELDS, "assignee", "recurrence")
-NULLABLE_FIELDS = frozenset({"due", "assignee", "recurrence"})
+PATCH_FIELDS = (*CREATE_FIELDS, "assignee", "recurrence", "remind_at")
+NULLABLE_FIELDS = frozenset({"due", "assignee", "recurrence", "remind_at"})
 CONFLICT_BACKOFF = Backoff(base=0.004, cap=0.1)
 """Between retries of a lost race: the same bounds as before (0.002 * 2**attempt)."""
 KNOWN_INBOXES_MAX = 100_000
@@ -179,10 +179,12 @@ class TodoApplication(Application[UUID]):
         tags: list[str] | None = None,
         assignee: str | None = None,
         recurrence: str | None = None,
+        remind_at: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> CommandResult:
         """A todo in ``list_id`` (the actor's Inbox by default; made on first use, in the
-        same append). An editor of the list may create; ``assignee`` must be a member."""
+        same append). An editor of the list may create; ``assignee`` must be a member.
+        A reminder is a second event of the same append."""
         own_inbox = inbox_id(actor)
         target = list_id or own_inbox
         access = self._access(actor, target, missing=ListNotFound)
@@ -205,6 +207,8 @@ class TodoApplication(Application[UUID]):
                 actor=actor,
                 id=todo_id,
             )
+            if remind_at is not None:
+                todo.set_reminder(remind_at, actor=actor)
             try:
                 if inbox is None:
                     return self._save(todo)
@@ -249,6 +253,8 @@ class TodoApplication(Application[UUID]):
                 todo.change_priority(changes["priority"], actor=actor)
             if "tags" in changes:
                 todo.change_tags(changes["tags"], actor=actor)
+            if "remind_at" in changes:
+                todo.set_reminder(changes["remind_at"], actor=actor)
             if "assignee" in changes:
                 assignee = changes["assignee"]
                 if assignee is not None and not access.is_member(assignee):

@@ -28,7 +28,7 @@ from uuid import UUID
 from cloudevents.core.bindings.kafka import KafkaMessage, from_structured
 from cloudevents.core.formats.json import JSONFormat
 
-CONTRACT_VERSION: Final = "1.1"
+CONTRACT_VERSION: Final = "1.2"
 """Major.minor of this contract; a new major means a new topic."""
 
 TOPIC: Final = "todos.task"
@@ -60,6 +60,9 @@ TASK_STEP_CHECKED: Final = "todos.task.step_checked"
 TASK_STEP_UNCHECKED: Final = "todos.task.step_unchecked"
 TASK_STEP_REMOVED: Final = "todos.task.step_removed"
 TASK_STEP_MOVED: Final = "todos.task.step_moved"
+# 1.2
+TASK_REMINDER_SET: Final = "todos.task.reminder_set"
+TASK_REMINDER_CLEARED: Final = "todos.task.reminder_cleared"
 
 LIST_CREATED: Final = "todos.list.created"
 LIST_RENAMED: Final = "todos.list.renamed"
@@ -92,6 +95,8 @@ TASK_EVENT_TYPES: Final = (
     TASK_STEP_UNCHECKED,
     TASK_STEP_REMOVED,
     TASK_STEP_MOVED,
+    TASK_REMINDER_SET,
+    TASK_REMINDER_CLEARED,
 )
 LIST_EVENT_TYPES: Final = (
     LIST_CREATED,

@@ -120,10 +120,14 @@ class TodoCreate(StrictModel):
     )
     assignee: UserId | None = Field(default=None, description="A member of the list.")
     recurrence: Recurrence | None = None
+    remind_at: Due | None = Field(
+        default=None, description="When to remind the assignee (else every member)."
+    )
 
 
 class TodoPatch(StrictModel):
-    """Any subset of fields; null clears ``due``, ``assignee`` or ``recurrence``."""
+    """Any subset of fields; null clears ``due``, ``assignee``, ``recurrence`` or
+    ``remind_at``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -137,10 +141,13 @@ class TodoPatch(StrictModel):
     tags: list[Tag] | None = Field(default=None, max_length=TAGS_MAX)
     assignee: UserId | None = Field(default=None, description="A member of the list.")
     recurrence: Recurrence | None = None
+    remind_at: Due | None = Field(
+        default=None, description="When to remind the assignee (else every member)."
+    )
 
     def changes(self) -> dict[str, Any]:
-        """Only the fields the client sent; null is meaningful for ``due``, ``assignee``
-        and ``recurrence`` alone."""
+        """Only the fields the client sent; null is meaningful for ``due``, ``assignee``,
+        ``recurrence`` and ``remind_at`` alone."""
         sent = {name: getattr(self, name) for name in self.model_fields_set}
         for name, value in sent.items():
             if value is None and name not in NULLABLE:
@@ -148,7 +155,7 @@ class TodoPatch(StrictModel):
         return sent
 
 
-NULLABLE = frozenset({"due", "assignee", "recurrence"})
+NULLABLE = frozenset({"due", "assignee", "recurrence", "remind_at"})
 
 
 class TodoMove(StrictModel):
@@ -278,6 +285,7 @@ class TodoOut(BaseModel):
                     "order_key": "k008Dw9mUkIB4kbr2dwfz9ipKS0QBIV9yCV",
                     "assignee": "bob",
                     "recurrence": "FREQ=WEEKLY;BYDAY=MO",
+                    "remind_at": "2026-12-01T08:00:00Z",
                     "steps": [
                         {
                             "id": "2b9d3c4e-5f60-4a1b-8c2d-3e4f5a6b7c8d",
@@ -308,6 +316,7 @@ class TodoOut(BaseModel):
     )
     assignee: str | None
     recurrence: str | None = Field(description="An RFC 5545 RRULE, from the due date.")
+    remind_at: datetime | None
     steps: list[StepOut]
     completions: int = Field(description="Completions of a recurring todo so far.")
     created_at: datetime
@@ -329,6 +338,7 @@ class TodoOut(BaseModel):
             order_key=todo.order_key,
             assignee=todo.assignee,
             recurrence=todo.recurrence,
+            remind_at=todo.remind_at,
             steps=[StepOut.model_validate(s) for s in todo.steps],
             completions=todo.completions,
             created_at=todo.created_at,

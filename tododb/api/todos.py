@@ -150,6 +150,7 @@ def create_todo(
         tags=body.tags,
         assignee=body.assignee,
         recurrence=body.recurrence,
+        remind_at=body.remind_at,
         idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/v1/todos/{result.todo.id}"

@@ -31,6 +31,8 @@ PUBLIC_EVENT_TYPES: dict[type[Any], str] = {
     Todo.Unassigned: "todos.task.unassigned",  # type: ignore[attr-defined]
     Todo.RecurrenceSet: "todos.task.recurrence_set",  # type: ignore[attr-defined]
     Todo.RecurrenceCleared: "todos.task.recurrence_cleared",  # type: ignore[attr-defined]
+    Todo.ReminderSet: "todos.task.reminder_set",  # type: ignore[attr-defined]
+    Todo.ReminderCleared: "todos.task.reminder_cleared",  # type: ignore[attr-defined]
     Todo.StepAdded: "todos.task.step_added",  # type: ignore[attr-defined]
     Todo.StepRenamed: "todos.task.step_renamed",  # type: ignore[attr-defined]
     Todo.StepChecked: "todos.task.step_checked",  # type: ignore[attr-defined]

@@ -93,7 +93,7 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
     return unique
 
 
-def clean_due(due: datetime) -> datetime:
+def clean_due(due: datetime, *, field: str = "due") -> datetime:
     """Due dates are instants, stored in UTC, between 1900-01-01 and the end of 9998 (UTC).
 
     A naive datetime is ambiguous, so it is refused. The upper bound keeps a year's margin
@@ -102,13 +102,13 @@ def clean_due(due: datetime) -> datetime:
     already on the way to UTC.
     """
     if due.tzinfo is None or due.utcoffset() is None:
-        raise InvariantViolation("due", "must carry a time zone offset")
+        raise InvariantViolation(field, "must carry a time zone offset")
     try:
         utc = due.astimezone(UTC)
     except OverflowError:
         utc = None
     if utc is None or not DUE_MIN <= utc <= DUE_MAX:
-        raise InvariantViolation("due", "must be between 1900-01-01 and 9998-12-31 (UTC)")
+        raise InvariantViolation(field, "must be between 1900-01-01 and 9998-12-31 (UTC)")
     return utc
 
 

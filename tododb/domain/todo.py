@@ -155,6 +155,7 @@ class Todo(Aggregate):
         self.assignee = assignee
         self.recurrence = recurrence
         self.recurrence_anchor: datetime | None = due if recurrence else None
+        self.remind_at: datetime | None = None
         self.steps: list[dict[str, Any]] = []
         self.completions = 0
         self.status = Status.OPEN
@@ -298,6 +299,17 @@ class Todo(Aggregate):
         if rule != self.recurrence:
             self._recurrence_set(rule=rule, actor=actor)
 
+    def set_reminder(self, remind_at: datetime | None, *, actor: str | None = None) -> None:
+        """Remind at ``remind_at`` (an instant); ``None`` clears the reminder."""
+        self._check_not_deleted()
+        if remind_at is None:
+            if self.remind_at is not None:
+                self._reminder_cleared(actor=actor)
+            return
+        remind_at = clean_due(remind_at, field="remind_at")
+        if remind_at != self.remind_at:
+            self._reminder_set(remind_at=remind_at, actor=actor)
+
     # ---- steps ----------------------------------------------------------------------
 
     def add_step(self, text: str, *, step_id: UUID | None = None, actor: str | None = None) -> UUID:
@@ -397,6 +409,14 @@ class Todo(Aggregate):
     def _recurrence_cleared(self, actor: str | None) -> None:
         self.recurrence = None
         self.recurrence_anchor = None
+
+    @event("ReminderSet")
+    def _reminder_set(self, remind_at: datetime, actor: str | None) -> None:
+        self.remind_at = remind_at
+
+    @event("ReminderCleared")
+    def _reminder_cleared(self, actor: str | None) -> None:
+        self.remind_at = None
 
     @event("StepAdded")
     def _step_added(self, step_id: str, text: str, actor: str | None) -> None:

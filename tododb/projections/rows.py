@@ -50,6 +50,7 @@ class TodoRow:
     assignee: str | None
     recurrence: str | None
     recurrence_anchor: datetime | None
+    remind_at: datetime | None
     steps: list[dict[str, Any]]
     completions: int
     created_at: datetime
@@ -73,6 +74,7 @@ class TodoRow:
         "assignee",
         "recurrence",
         "recurrence_anchor",
+        "remind_at",
         "steps",
         "completions",
         "created_at",
@@ -99,6 +101,7 @@ class TodoRow:
             assignee=todo.assignee,
             recurrence=todo.recurrence,
             recurrence_anchor=todo.recurrence_anchor,
+            remind_at=todo.remind_at,
             steps=copy.deepcopy(todo.steps),
             completions=todo.completions,
             created_at=todo.created_at,
@@ -141,6 +144,7 @@ class TodoRow:
                 assignee=self.assignee,
                 recurrence=self.recurrence,
                 recurrence_anchor=self.recurrence_anchor,
+                remind_at=self.remind_at,
                 steps=copy.deepcopy(self.steps),  # step events change the dicts in place
                 completions=self.completions,
                 status=Status(self.status),

@@ -63,7 +63,8 @@ _ROW_DDL = (
     "tags text[] NOT NULL, status text NOT NULL, "
     # Order keys compare byte-wise (tododb.domain.ordering), whatever the database's locale.
     'order_key text COLLATE "C" NOT NULL, assignee text, recurrence text, '
-    "recurrence_anchor timestamptz, steps jsonb NOT NULL, completions integer NOT NULL, "
+    "recurrence_anchor timestamptz, remind_at timestamptz, steps jsonb NOT NULL, "
+    "completions integer NOT NULL, "
     "created_at timestamptz NOT NULL, "
     "updated_at timestamptz NOT NULL, completed_at timestamptz, version integer NOT NULL, "
     "deleted boolean NOT NULL, position bigint NOT NULL"
