@@ -7,6 +7,7 @@ Either way the run gets its own database, dropped at the end, so runs never shar
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,10 +45,15 @@ def create_todo(client: TestClient, headers: dict[str, str], **body: object) -> 
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_url() -> Iterator[str]:
+    """DATABASE_URL, or an embedded server whose data lives outside pytest's temporary
+    root: every pytest session that starts resets that root to mode 0700, which locks the
+    embedded server (running as another user) out of its own files mid-run."""
     if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    return start_embedded(Path(tmp_path_factory.mktemp("embedded-pg")))
+        yield os.environ["DATABASE_URL"]
+        return
+    # keep=False: the server deletes its data when this process exits.
+    yield start_embedded(Path(tempfile.mkdtemp(prefix="tododb-test-pg-")), keep=False)
 
 
 def api_for(
