@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +34,7 @@ from bench.common import bench_database, console, rate
 from tododb.application import TodoApplication
 from tododb.domain import Todo
 from tododb.entrypoints.bootstrap import build_application
+from tododb.infra import tracing
 from tododb.infra.settings import Settings
 
 STATE = b'{"title": "benchmark todo", "description": "", "tags": ["a", "b"]}' * 2
@@ -142,6 +144,7 @@ def main() -> None:
                     "raw batched rows/s", "÷ raw batched", "goal"):
             table.add_column(col, justify="right")
         goals = {1: "no regression", 16: "≥ 0.50x", 64: ""}
+        off_16 = 0.0
         for writers in (1, 16, 64):
             raw1 = raw_single(url, args.ops, writers)
             rawb = raw_batched(url, args.ops * 10, writers)
@@ -150,11 +153,28 @@ def main() -> None:
                           f"{cmd / raw1:.2f}x", f"{rawb:,.0f}", f"{cmd / rawb:.3f}x",
                           goals[writers])
             if writers == 16:
+                off_16 = cmd
                 alone = event_store_alone(url, args.ops, writers)
                 table.add_row("event store insert_events", str(writers), f"{alone:,.0f}",
                               f"{raw1:,.0f}", f"{alone / raw1:.2f}x", f"{rawb:,.0f}",
                               f"{alone / rawb:.3f}x", "≥ 1.00x")
+        # Last: a tracer provider, once set, stays for the process (issue #13's overhead).
+        on_16 = app_commands_traced(url, args.ops, 16)
+        table.add_row("app commands, tracing on", "16", f"{on_16:,.0f}", "", "", "",
+                      f"{on_16 / off_16:.2f}x of off", "≥ 0.90x of off")
         out.print(table)
+
+
+class _NullExporter(SpanExporter):
+    """Spans batched and handed over like OTLP's, then dropped: the SDK's cost alone."""
+
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def app_commands_traced(url: str, ops: int, writers: int) -> float:
+    tracing.add_processor(BatchSpanProcessor(_NullExporter()))
+    return app_commands(url, ops, writers)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from tododb.domain.invariants import clean_user_id
 from tododb.domain.ordering import creation_key
 from tododb.domain.todo import DeleteReason
 from tododb.infra.retry import Backoff
+from tododb.infra.tracing import event_context, stamp, tracer
 
 
 class TodoNotFound(Exception):
@@ -119,6 +120,9 @@ class StoredTodoEvent:
     occurred_at: datetime
     actor: str
     data: dict[str, Any]
+    metadata: dict[str, str] | None
+    """The storing command's correlation id, causation id and trace context (None on
+    events stored before they were recorded)."""
 
 
 @dataclass(frozen=True)
@@ -513,9 +517,18 @@ class TodoApplication(Application[UUID]):
                 occurred_at=e.timestamp,  # type: ignore[attr-defined]
                 actor=getattr(e, "actor", None) or owner,
                 data=event_payload(e),
+                metadata=_metadata(e),
             )
             for e in events
         ]
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """The library's save, in a span, each new event stamped with the command's
+        context (``tododb.infra.tracing``): stored with it, never rewritten."""
+        with tracer.start_as_current_span("event_store.append"):
+            for obj in objs:
+                stamp(getattr(obj, "pending_events", ()))
+            return super().save(*objs, **kwargs)
 
     def head_position(self) -> int:
         return self.recorder.max_notification_id() or 0
@@ -804,6 +817,11 @@ def _step_text(todo: Todo, step_id: UUID) -> str:
             text: str = step["text"]
             return text
     raise StepNotFound(f"todo {todo.id} has no step {step_id}")
+
+
+def _metadata(domain_event: Any) -> dict[str, str] | None:
+    context = event_context(domain_event)
+    return None if context is None else context.as_meta()
 
 
 def _last_position(recordings: list[Any]) -> int | None:

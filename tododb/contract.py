@@ -122,6 +122,13 @@ state to know it."""
 ACTOR: Final = "actor"
 """The user whose command caused the event (1.1). For events recorded before actors
 were, the owner (the only one who could act then)."""
+TRACEPARENT: Final = "traceparent"
+"""W3C Trace Context of the command that stored the event (1.2; the CloudEvents
+Distributed Tracing extension): continue its trace. Absent on events stored before."""
+TRACESTATE: Final = "tracestate"
+CORRELATION_ID: Final = "correlationid"
+"""The storing command's correlation id (1.2; its ``X-Correlation-Id``, else its trace
+id); absent on events stored before."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,9 @@ class TodoEvent:
     version: int
     data: dict[str, Any]
     actor: str
+    traceparent: str | None = None
+    tracestate: str | None = None
+    correlation_id: str | None = None
 
     @property
     def aggregate_id(self) -> str:
@@ -203,11 +213,19 @@ def parse_message(value: bytes | None, key: bytes | None = None, headers: Any = 
             version=int(attributes[AGGREGATE_VERSION]),
             data=data,
             actor=actor or owner,
+            traceparent=_optional_str(attributes, TRACEPARENT),
+            tracestate=_optional_str(attributes, TRACESTATE),
+            correlation_id=_optional_str(attributes, CORRELATION_ID),
         )
     except BadEnvelope:
         raise
     except Exception as e:  # the SDK raises several types for bad input
         raise BadEnvelope(f"not a todo CloudEvent: {type(e).__name__}: {e}") from e
+
+
+def _optional_str(attributes: dict[str, Any], name: str) -> str | None:
+    value = attributes.get(name)
+    return value if isinstance(value, str) and value else None
 
 
 def _required_str(attributes: dict[str, Any], name: str) -> str:

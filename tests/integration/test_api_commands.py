@@ -46,6 +46,7 @@ def test_create_returns_the_todo_location_etag_and_position(
         "order_key",
         "assignee",
         "recurrence",
+        "remind_at",
         "steps",
         "completions",
         "title",

@@ -155,6 +155,8 @@ TABLES = (
     "todos",
     "lists",
     "list_members",
+    "list_departures",
+    "todo_moves",
     "stats_todos",
     "stats_counts",
     "stats_lists",

@@ -49,6 +49,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "tododb.consumers.analytics.store",
         *SHARED,
     ),
+    "tododb.monitoring": (
+        "tododb.monitoring",
+        "tododb.projections",
+        "tododb.relay",
+        "tododb.consumers",
+        "tododb.application",
+        *SHARED,
+    ),
     "tododb.devservers": ("tododb.devservers", *SHARED),
     "tododb.entrypoints": ("tododb",),
 }

@@ -173,6 +173,7 @@ def test_payload_is_compact_json_of_the_notification() -> None:
         data={"title": "ping"},
         occurred_at=NOW,
         actor="bob",
+        correlation_id="c-1",
     )
     body = payload(claim)
     assert b" " not in body.replace(b'"todos.task.created"', b"")
@@ -185,6 +186,7 @@ def test_payload_is_compact_json_of_the_notification() -> None:
         "data": {"title": "ping"},
         "occurred_at": NOW.isoformat(),
         "actor": "bob",
+        "correlation_id": "c-1",
     }
 
 

@@ -1,4 +1,5 @@
-"""Admin endpoints (admin claim): projection status, zero-downtime rebuilds, quarantine."""
+"""Admin endpoints (admin claim): the pipeline's status, projection status,
+zero-downtime rebuilds, quarantine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tododb.api.auth import AdminUser
 from tododb.api.problems import Problem
@@ -52,6 +53,10 @@ class ProjectionOut(BaseModel):
     state: Literal["running", "rebuilding", "stopped"]
     last_rebuild: dict[str, Any] | None
     quarantined: int
+    lag_seconds: float = 0.0
+    """Age of the oldest event not applied yet (0 when caught up)."""
+    active_process: str | None = None
+    """`host:pid` of the worker running it, if any."""
 
 
 class QuarantinedOut(BaseModel):
@@ -73,6 +78,74 @@ class ResolutionOut(BaseModel):
     """Events applied to the view by this retry or skip."""
     quarantined: QuarantinedOut | None
     """The todo's head if an event failed again (the same one, or a later one)."""
+
+
+class ApiPart(BaseModel):
+    state: str = Field(description="`ready`: this API process answered.")
+    process: str = Field(description="`host:pid` of the API process that answered.")
+    url: str | None = None
+
+
+class ProjectionPart(BaseModel):
+    name: str
+    generation: int
+    position: int = Field(description="Log position applied.")
+    lag: int = Field(description="Events not applied yet.")
+    lag_seconds: float = Field(description="Age of the oldest event not applied (0: caught up).")
+    state: Literal["running", "rebuilding", "stopped"]
+    active_process: str | None = Field(description="`host:pid` holding its lock, if any.")
+    quarantined: int
+
+
+class RelayPart(BaseModel):
+    position: int = Field(description="Log position published.")
+    lag: int = Field(description="Events not published yet.")
+    lag_seconds: float = Field(description="Age of the oldest event not published (0: caught up).")
+    state: Literal["running", "stopped"]
+    active_process: str | None = Field(description="`host:pid` holding the relay's lock, if any.")
+    quarantined: int
+    held: int
+
+
+class ConsumerPart(BaseModel):
+    group: str
+    topic: str
+    position: int = Field(description="Sum of the group's committed offsets.")
+    end: int = Field(description="Sum of the partitions' end offsets.")
+    lag: int | None = Field(description="Messages not consumed yet (null: broker unreachable).")
+    lag_seconds: float | None = Field(
+        description="Age of the oldest message not consumed yet (0: caught up)."
+    )
+    state: str = Field(description="`running` (members), `stopped` (none), or `unknown`.")
+    members: list[str] = Field(description="`client_id@host` of each member.")
+    dlq_depth: int | None = Field(description="Dead letters not redriven yet.")
+    parked: int = Field(description="Keys (todos) parked behind a dead letter.")
+    error: str | None = Field(description="Why the broker could not be read, if so.")
+
+
+class PipelineStatusOut(BaseModel):
+    generated_at: datetime
+    head: int = Field(description="The event log's last position.")
+    api: ApiPart
+    projections: list[ProjectionPart]
+    relay: RelayPart
+    consumers: list[ConsumerPart]
+
+
+@router.get("/status", response_model=PipelineStatusOut)
+def pipeline_status(_: AdminUser, request: Request) -> PipelineStatusOut:
+    """The whole pipeline (what `todo status` shows): each projection, the relay and each
+    consumer group, with its position, lag in events and seconds, state and active process."""
+    read = request.app.state.services.pipeline_status
+    if read is None:
+        raise Problem(
+            503,
+            "Status unavailable",
+            "this API was built without it",
+            type_="unavailable",
+            headers={"Retry-After": "60"},
+        )
+    return PipelineStatusOut(**read())
 
 
 def get_projections_admin(request: Request) -> ProjectionsAdmin:

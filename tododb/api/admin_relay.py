@@ -20,7 +20,13 @@ class RelayStatusOut(BaseModel):
     position: int
     head: int
     lag: int
+    lag_seconds: float = Field(
+        default=0.0, description="Age of the oldest event not yet published (0 when caught up)."
+    )
     active: bool
+    active_process: str | None = Field(
+        default=None, description="`host:pid` of the relay holding the lock, if any."
+    )
     quarantined: int = Field(
         description="Events that could not be published (`todo relay quarantine`)."
     )

@@ -17,6 +17,8 @@ from tododb.api import (
     lists,
     notifications,
     queries,
+    stream,
+    sync,
     todos,
     webhooks,
 )
@@ -25,14 +27,16 @@ from tododb.api.metrics import Metrics, MetricsMiddleware
 from tododb.api.positions import PositionWatcher, WaitSlots
 from tododb.api.problems import install_problem_handlers
 from tododb.api.ratelimit import RateLimits, rate_limit
+from tododb.api.request_tracing import RequestTracing
 from tododb.api.schemas import problem_responses
 from tododb.application import TodoApplication
 from tododb.consumers.analytics.store import AnalyticsStore
 from tododb.consumers.notifications.store import NotificationsStore
 from tododb.infra.postgres import ConnectionFactory
 from tododb.infra.settings import Settings
+from tododb.infra.tracing import setup_tracing
 from tododb.projections.admin import ProjectionsAdmin
-from tododb.projections.queries import ReadModelQueries
+from tododb.projections.queries import ChangeQueries, ReadModelQueries
 
 DESCRIPTION = """
 An event-sourced todo backend. Every change is an event in an append-only PostgreSQL
@@ -60,17 +64,32 @@ class ApiServices:
     relay_status: Callable[[], dict[str, Any]]
     database_url: str
     """For readiness probes, which open a connection of their own (never the pool's)."""
+    pipeline_status: Callable[[], dict[str, Any]] | None = None
+    """The whole pipeline's figures for ``GET /v1/admin/status`` (``monitoring.pipeline``)."""
 
 
 def create_app(
     settings: Settings, services: ApiServices, *, close_on_shutdown: bool = True
 ) -> FastAPI:
+    change_queries = ChangeQueries(settings.views_schema)
+    hub = stream.StreamHub(
+        services.database_url,
+        change_queries,
+        max_per_user=settings.stream_max_per_user,
+        queue_max=settings.stream_queue_max,
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services.positions.add_listener(hub.positions_changed)
+        hub.start()
         services.positions.start()
+        undo_signals = stream.watch_shutdown_signals(hub)
         try:
             yield
         finally:
+            undo_signals()
+            hub.stop()
             services.positions.stop()
             if close_on_shutdown:
                 services.todo_app.close()
@@ -84,13 +103,33 @@ def create_app(
     app.state.jwt_leeway = settings.jwt_leeway_seconds
     app.state.kafka_topic = settings.kafka_topic
     app.state.webhook_allow_private_targets = settings.webhook_allow_private_targets
+    app.state.change_queries = change_queries
+    app.state.sync_tokens = sync.SyncTokens(
+        app.state.jwt_secret, settings.sync_token_max_age_seconds
+    )
+    app.state.sync_token_max_ahead = settings.sync_token_max_ahead
+    app.state.stream_hub = hub
+    app.state.stream_heartbeat_seconds = settings.stream_heartbeat_seconds
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    setup_tracing("api")
+    app.add_middleware(RequestTracing)
     metrics = Metrics(services.positions, services.projections.quarantined_counts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.mount("/metrics", metrics.asgi_app)
     app.include_router(health.router)
-    for module in (queries, todos, lists, admin, admin_relay, webhooks, notifications, analytics):
+    for module in (
+        queries,
+        sync,
+        stream,
+        todos,
+        lists,
+        admin,
+        admin_relay,
+        webhooks,
+        notifications,
+        analytics,
+    ):
         app.include_router(
             module.router,
             dependencies=[Depends(rate_limit)],

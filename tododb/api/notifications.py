@@ -35,8 +35,14 @@ class NotificationOut(BaseModel):
     data: dict[str, Any]
     occurred_at: datetime
     actor: str | None = Field(
-        description="Who caused it (never the recipient); null on notifications made "
-        "before actors were recorded."
+        description="Who caused it (never the recipient); null on reminders (type "
+        "`reminder`: the time came; `data.set_by` names who set it) and on notifications "
+        "made before actors were recorded."
+    )
+    correlation_id: str | None = Field(
+        default=None,
+        description="The causing command's correlation id (its `X-Correlation-Id`, else "
+        "its trace id); null before it was recorded.",
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Generic, TypeVar
 
@@ -127,6 +127,12 @@ class PositionWatcher:
         self._pending: PendingWaits[asyncio.Future[None]] = PendingWaits()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="position-watcher", daemon=True)
+        self._listeners: list[Callable[[Mapping[str, int]], None]] = []
+
+    def add_listener(self, listener: Callable[[Mapping[str, int]], None]) -> None:
+        """Called from the watcher's thread with the positions after every refresh (the
+        stream hub wakes on them); add before ``start``."""
+        self._listeners.append(listener)
 
     def start(self) -> None:
         self._thread.start()
@@ -150,6 +156,8 @@ class PositionWatcher:
             due = self._pending.due(fresh)
         if due:
             _wake(due)
+        for listener in self._listeners:
+            listener(fresh)
 
     def _run(self) -> None:
         failures = 0

@@ -136,15 +136,20 @@ async def min_position(
 ) -> int | None:
     """The parsed header; anything but a 64-bit position is a 400 at once, never a wait.
     (Async only so that parsing it takes no worker thread.)"""
-    if x_min_position is None:
+    return parse_position(x_min_position, "X-Min-Position", "bad-min-position")
+
+
+def parse_position(value: str | None, header: str, problem_type: str) -> int | None:
+    """A log position from a header (None if absent); anything else is a 400."""
+    if value is None:
         return None
-    text = x_min_position.strip()
+    text = value.strip()
     if _POSITION.fullmatch(text) is None or int(text) > MAX_POSITION:
         raise Problem(
             400,
-            "Bad X-Min-Position",
-            f"X-Min-Position must be an integer from 0 to {MAX_POSITION}",
-            type_="bad-min-position",
+            f"Bad {header}",
+            f"{header} must be an integer from 0 to {MAX_POSITION}",
+            type_=problem_type,
         )
     return int(text)
 

@@ -372,6 +372,12 @@ class EventOut(BaseModel):
     occurred_at: datetime
     actor: str = Field(description="The user whose command caused the event.")
     data: dict[str, Any]
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        description="The storing command's `correlation_id`, `causation_id` and W3C trace "
+        "context (`traceparent`, `tracestate`); null on events stored before they were "
+        "recorded.",
+    )
 
 
 class ProblemOut(BaseModel):

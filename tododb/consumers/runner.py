@@ -8,6 +8,7 @@ from tododb.consumers.analytics.handler import AnalyticsHandler
 from tododb.consumers.core import ConsumerService, Handler
 from tododb.consumers.notifications.delivery import DeliveryWorker
 from tododb.consumers.notifications.handler import NotificationsHandler
+from tododb.consumers.notifications.reminders import Clock, ReminderScheduler
 from tododb.infra.settings import Settings
 
 CONSUMERS = ("notifications", "analytics")
@@ -32,20 +33,35 @@ def consumer_service(
 
 
 class NotificationsService:
-    """The notifications consumer plus its webhook delivery worker, in one process."""
+    """The notifications consumer plus its webhook delivery worker and its reminder
+    scheduler, in one process. ``clock``: the scheduler's time (tests move it)."""
 
-    def __init__(self, settings: Settings, database_url: str, group_id: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        group_id: str | None = None,
+        *,
+        clock: Clock | None = None,
+    ):
+        self.handler = NotificationsHandler()
         self.consumer = ConsumerService(
             settings,
             database_url,
-            NotificationsHandler(),
+            self.handler,
             group_id=group_id,
             after_commit=self._wake,
         )
         self.worker = DeliveryWorker(settings, self.consumer.pool)
+        self.scheduler = ReminderScheduler(
+            settings, self.consumer.pool, clock=clock, on_fired=self.worker.wake.set
+        )
 
     def _wake(self) -> None:
         self.worker.wake.set()
+        armed = self.handler.take_armed()
+        if armed is not None:
+            self.scheduler.notice(armed)
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -53,6 +69,7 @@ class NotificationsService:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.consumer.run(stop))
                 tasks.create_task(self.worker.run(stop))
+                tasks.create_task(self.scheduler.run(stop))
         finally:
             await self.consumer.close()
 

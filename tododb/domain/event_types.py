@@ -47,7 +47,8 @@ PUBLIC_EVENT_TYPES: dict[type[Any], str] = {
 }
 
 _ENVELOPE_FIELDS = frozenset(
-    {"originator_id", "originator_version", "timestamp", "originator_topic"}
+    # ``_meta``: the storing command's context (correlation, causation, trace), not a fact.
+    {"originator_id", "originator_version", "timestamp", "originator_topic", "_meta"}
 )
 
 

@@ -7,6 +7,8 @@ the parts themselves are handed what they need and never call back here.
 
 from __future__ import annotations
 
+from functools import partial
+
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 from fastapi import FastAPI
@@ -21,6 +23,7 @@ from tododb.entrypoints.log_setup import configure_logging
 from tododb.eventstore import AppendOnlyApplicationRecorder, TodoPostgresFactory
 from tododb.infra.postgres import ConnectionFactory, eventsourcing_env
 from tododb.infra.settings import Settings, get_settings
+from tododb.monitoring.pipeline import pipeline_status, this_api
 from tododb.projections.admin import ProjectionsAdmin
 from tododb.projections.queries import ReadModelOrderIndex, ReadModelQueries
 from tododb.projections.registry import ReadSide
@@ -86,6 +89,7 @@ def build_api_services(
         projections=ProjectionsAdmin(read_side, todo_app.head_position),
         relay_status=RelayStatusReader(connect, settings.db_schema),
         database_url=read_side.database_url,
+        pipeline_status=partial(pipeline_status, settings, read_side, api=this_api()),
     )
 
 
@@ -113,6 +117,6 @@ def api_from_environment() -> FastAPI:
     builds its own application, pool and position watcher: nothing is shared between
     workers but the listening socket and the database.
     """
-    configure_logging()
+    configure_logging("api")
     settings = get_settings()
     return build_api(settings, resolve_database_url(settings, embedded_ok=False))

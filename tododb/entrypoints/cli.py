@@ -11,7 +11,7 @@ from rich.console import Console
 
 from tododb.entrypoints import consumer_cli, projections_cli, relay_cli
 from tododb.entrypoints.database_url import resolve_database_url
-from tododb.entrypoints.log_setup import configure_logging
+from tododb.entrypoints.log_setup import configure_logging, uvicorn_log_config
 from tododb.infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def serve(
 
     from tododb.entrypoints.bootstrap import api_from_environment, build_api
 
-    configure_logging()
+    configure_logging("api")
     settings = get_settings()
     database_url = resolve_database_url(settings, embedded_ok=False)
     count = settings.web_concurrency if workers is None else workers
@@ -64,6 +64,9 @@ def serve(
         "log_level": "info",
         "timeout_graceful_shutdown": 5,
     }
+    log_config = uvicorn_log_config()
+    if log_config is not None:  # TODO_LOG_FORMAT=json: uvicorn's lines in JSON too
+        options["log_config"] = log_config
     if count == 1:
         uvicorn.run(build_api(settings, database_url), **options)
         return
@@ -122,6 +125,109 @@ def _prepare_schemas_once(settings: Settings, database_url: str) -> None:
 
 
 @app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    api_url: Annotated[
+        str | None,
+        typer.Option(help="The API to probe (default http://TODO_HOST:TODO_PORT)."),
+    ] = None,
+) -> None:
+    """The whole pipeline: API, each projection, the relay, each consumer group (position,
+    lag in events and seconds, state, the active process)."""
+    import json
+
+    from tododb.entrypoints.bootstrap import build_read_side
+    from tododb.monitoring.pipeline import pipeline_status
+
+    settings = get_settings()
+    database_url = resolve_database_url(settings, embedded_ok=False)
+    url = api_url or f"http://{settings.host}:{settings.port}"
+    figures = pipeline_status(
+        settings, build_read_side(settings, database_url), api=_probe_api(url)
+    )
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    _print_status(figures)
+
+
+def _probe_api(url: str) -> dict[str, Any]:
+    import httpx
+
+    try:
+        answer = httpx.get(f"{url.rstrip('/')}/readyz", timeout=3)
+    except httpx.HTTPError as e:
+        return {"state": "unreachable", "process": None, "url": url, "error": type(e).__name__}
+    state = "ready" if answer.status_code == 200 else f"not ready ({answer.status_code})"
+    return {"state": state, "process": None, "url": url}
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 60:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _print_status(figures: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    colour = {"running": "green", "ready": "green", "stopped": "red", "rebuilding": "yellow"}
+
+    def state(value: str) -> str:
+        return f"[{colour.get(value, 'yellow')}]{value}[/]"
+
+    table = Table(title=f"tododb pipeline (log head {figures['head']})")
+    for column in ("part", "name", "position", "lag", "lag (age)", "state", "active process"):
+        table.add_column(
+            column, justify="right" if column.startswith(("position", "lag")) else "left"
+        )
+    api = figures["api"]
+    table.add_row(
+        "api", api.get("url") or "", "", "", "", state(api["state"]), api.get("process") or ""
+    )
+    for p in figures["projections"]:
+        extra = f" ({p['quarantined']} quarantined)" if p["quarantined"] else ""
+        table.add_row(
+            "projection",
+            f"{p['name']} g{p['generation']}",
+            str(p["position"]),
+            str(p["lag"]),
+            _seconds(p["lag_seconds"]),
+            state(p["state"]) + extra,
+            p["active_process"] or "",
+        )
+    r = figures["relay"]
+    extra = f" ({r['quarantined']} quarantined, {r['held']} held)" if r["quarantined"] else ""
+    table.add_row(
+        "relay",
+        "",
+        str(r["position"]),
+        str(r["lag"]),
+        _seconds(r["lag_seconds"]),
+        state(r["state"]) + extra,
+        r["active_process"] or "",
+    )
+    for c in figures["consumers"]:
+        notes = [f"dlq {c['dlq_depth']}"] if c["dlq_depth"] else []
+        notes += [f"{c['parked']} parked"] if c["parked"] else []
+        notes += [c["error"]] if c["error"] else []
+        table.add_row(
+            "consumer",
+            c["group"],
+            str(c["position"]),
+            "?" if c["lag"] is None else str(c["lag"]),
+            _seconds(c["lag_seconds"]),
+            state(c["state"]) + (f" ({', '.join(notes)})" if notes else ""),
+            ", ".join(c["members"]),
+        )
+    console.print(table)
+
+
+@app.command()
 def dev(
     port: Annotated[int | None, typer.Option(help="API port (TODO_PORT).")] = None,
 ) -> None:
@@ -129,7 +235,7 @@ def dev(
     from tododb.api.auth import issue_token
     from tododb.entrypoints.supervisor import ProcessSpec, Supervisor, todo_command
 
-    configure_logging()
+    configure_logging("dev")
     settings = get_settings()
     database_url = resolve_database_url(settings, embedded_ok=True)
     api_port = settings.port if port is None else port
@@ -140,18 +246,33 @@ def dev(
     # On a laptop, webhooks to a local receiver are the point; never in production.
     env.setdefault("TODO_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
     broker = _start_dev_broker(settings, env)
+    # Each worker's /metrics, /healthz, /readyz: from TODO_PROBE_PORT up, else free ports.
+    first = settings.probe_port
+    ports = [first + i for i in range(4)] if first else [_free_port() for _ in range(4)]
     specs = [
         ProcessSpec("api", todo_command("serve", "--port", str(api_port))),
-        ProcessSpec("projections", todo_command("projections", "run")),
-        ProcessSpec("relay", todo_command("relay", "run")),
-        ProcessSpec("notifications", todo_command("consumer", "notifications")),
-        ProcessSpec("analytics", todo_command("consumer", "analytics")),
+        ProcessSpec(
+            "projections", todo_command("projections", "run", "--probe-port", str(ports[0]))
+        ),
+        ProcessSpec("relay", todo_command("relay", "run", "--probe-port", str(ports[1]))),
+        ProcessSpec(
+            "notifications",
+            todo_command("consumer", "notifications", "--probe-port", str(ports[2])),
+        ),
+        ProcessSpec(
+            "analytics", todo_command("consumer", "analytics", "--probe-port", str(ports[3]))
+        ),
     ]
     supervisor = Supervisor(specs, env, console)
     supervisor.start()
     url = f"http://{settings.host}:{api_port}"
     token_ = issue_token(settings.resolved_jwt_secret(), "dev-user", admin=True, ttl_seconds=86400)
     console.print(f"[bold]tododb dev[/]: API {url}  docs {url}/docs")
+    console.print(
+        f"[bold]worker probes[/] (/metrics, /healthz, /readyz): projections :{ports[0]}, "
+        f"relay :{ports[1]}, notifications :{ports[2]}, analytics :{ports[3]}; "
+        "`todo status` shows the pipeline"
+    )
     console.print(f"[bold]dev token[/] (user dev-user, admin, 24h):\n{token_}")
     console.print("Ctrl-C stops everything.")
     try:
@@ -165,6 +286,13 @@ def dev(
         console.print("stopped.")
     if supervisor.failed:
         raise typer.Exit(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _start_dev_broker(settings: Settings, env: dict[str, str]) -> TansuBroker | None:

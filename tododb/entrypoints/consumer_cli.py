@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -55,24 +55,57 @@ def _on_parking(
     return asyncio.run(main())
 
 
+ProbePortOpt = Annotated[
+    int | None,
+    typer.Option(help="Port of /metrics, /healthz, /readyz (TODO_PROBE_PORT; 0: none)."),
+]
+
+
 @app.command()
-def notifications() -> None:
-    """Turn events into notifications and deliver them to webhooks."""
+def notifications(probe_port: ProbePortOpt = None) -> None:
+    """Turn events into notifications, fire reminders at their time, and deliver both to
+    webhooks."""
     from tododb.consumers.runner import NotificationsService
-    from tododb.infra.aio import run_until_signal
 
-    configure_logging()
-    run_until_signal(NotificationsService(get_settings(), _database_url()).run)
+    configure_logging("notifications")
+    service = NotificationsService(get_settings(), _database_url())
+    _run_with_probes(service.consumer, service.run, probe_port)
 
 
 @app.command()
-def analytics() -> None:
+def analytics(probe_port: ProbePortOpt = None) -> None:
     """Aggregate per-user, per-day figures."""
     from tododb.consumers.runner import AnalyticsService
-    from tododb.infra.aio import run_until_signal
 
-    configure_logging()
-    run_until_signal(AnalyticsService(get_settings(), _database_url()).run)
+    configure_logging("analytics")
+    service = AnalyticsService(get_settings(), _database_url())
+    _run_with_probes(service.consumer, service.run, probe_port)
+
+
+def _run_with_probes(
+    consumer: ConsumerService,
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    probe_port: int | None,
+) -> None:
+    """Run ``main`` until a signal, with the worker's /metrics, /healthz and /readyz on
+    TODO_PROBE_PORT (none when 0)."""
+    from tododb.infra.aio import run_until_signal
+    from tododb.infra.probes import Heartbeat
+    from tododb.monitoring.workers import beating, consumer_probes
+
+    settings = get_settings()
+    if probe_port is not None:
+        settings = settings.model_copy(update={"probe_port": probe_port})
+    heartbeat = Heartbeat()
+    probes, watcher = consumer_probes(settings, consumer.database_url, consumer, heartbeat)
+    if settings.probe_port:
+        watcher.start()
+        probes.start()
+    try:
+        run_until_signal(beating(main, heartbeat))
+    finally:
+        probes.stop()
+        watcher.stop()
 
 
 @dlq_app.command()

@@ -46,13 +46,21 @@ def run(
     only: Annotated[
         str | None, typer.Option(help="Run just this projection (default: each in a process).")
     ] = None,
+    probe_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /metrics, /healthz, /readyz (TODO_PROBE_PORT; 0: none)."),
+    ] = None,
 ) -> None:
     """Run the projections (a long-running worker; extra workers stand by)."""
+    import subprocess
+
     from tododb.entrypoints.log_setup import configure_logging
     from tododb.entrypoints.supervisor import run_restarting, todo_command
+    from tododb.infra.settings import get_settings
+    from tododb.monitoring.workers import projection_probes, this_process
     from tododb.projections.worker import run_projection
 
-    configure_logging()
+    configure_logging("projections")
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -60,16 +68,37 @@ def run(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if only is not None and only not in KINDS:
+        raise typer.BadParameter(f"unknown projection {only!r}; known: {', '.join(KINDS)}")
+    settings = get_settings()
+    if probe_port is not None:
+        settings = settings.model_copy(update={"probe_port": probe_port})
     read_side = _read_side()
     read_side.ensure()
-    if only is None:
-        # One process per projection: each gets a core (and a GIL) of its own.
-        commands = {k: todo_command("projections", "run", "--only", k) for k in KINDS}
-        run_restarting(commands, stop)
-    elif only in KINDS:
-        run_projection(read_side, only, stop)
-    else:
-        raise typer.BadParameter(f"unknown projection {only!r}; known: {', '.join(KINDS)}")
+    children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def processes() -> set[str]:
+        if only is not None:
+            return {this_process()}
+        return {this_process(child.pid) for child in list(children.values())}
+
+    kinds = KINDS if only is None else (only,)
+    probes = projection_probes(settings, read_side, kinds, processes)
+    if settings.probe_port:
+        probes.start()
+    try:
+        if only is None:
+            # One process per projection: each gets a core (and a GIL) of its own; this
+            # process answers the probes for all of them.
+            commands = {
+                k: todo_command("projections", "run", "--only", k, "--probe-port", "0")
+                for k in KINDS
+            }
+            run_restarting(commands, stop, children)
+        else:
+            run_projection(read_side, only, stop)
+    finally:
+        probes.stop()
 
 
 @app.command("rebuild")

@@ -22,16 +22,32 @@ def _database_url() -> str:
 
 
 @app.command()
-def run() -> None:
+def run(
+    probe_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /metrics, /healthz, /readyz (TODO_PROBE_PORT; 0: none)."),
+    ] = None,
+) -> None:
     """Publish the event log to Kafka (stands by while another relay is active)."""
     from tododb.entrypoints.bootstrap import build_relay
     from tododb.infra.aio import run_until_signal
+    from tododb.infra.probes import Heartbeat
+    from tododb.monitoring.workers import beating, relay_probes
 
-    configure_logging()
-    relay = build_relay(get_settings(), _database_url())
+    configure_logging("relay")
+    settings = get_settings()
+    if probe_port is not None:
+        settings = settings.model_copy(update={"probe_port": probe_port})
+    database_url = _database_url()
+    relay = build_relay(settings, database_url)
+    heartbeat = Heartbeat()
+    probes = relay_probes(settings, database_url, relay, heartbeat)
+    if settings.probe_port:
+        probes.start()
     try:
-        run_until_signal(relay.run)
+        run_until_signal(beating(relay.run, heartbeat))
     finally:
+        probes.stop()
         relay.close()
 
 

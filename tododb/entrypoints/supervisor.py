@@ -111,13 +111,18 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def run_restarting(commands: Mapping[str, Sequence[str]], stop: threading.Event) -> None:
+def run_restarting(
+    commands: Mapping[str, Sequence[str]],
+    stop: threading.Event,
+    children: dict[str, subprocess.Popen[bytes]] | None = None,
+) -> None:
     """Run each named command as a child; restart any that exits, until ``stop``.
 
     ``todo projections run`` uses it to give each projection a process (a core and a
-    GIL) of its own; children get SIGKILL if this process dies.
+    GIL) of its own; children get SIGKILL if this process dies. ``children``, if given,
+    is kept up to date with the running child of each command (its probes read it).
     """
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    children = {} if children is None else children
     restarts: dict[str, int] = dict.fromkeys(commands, 0)
 
     def start(kind: str) -> None:

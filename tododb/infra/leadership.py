@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -34,7 +37,12 @@ class AdvisoryLock:
 
     def try_acquire(self) -> bool:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+            self._conn = psycopg.connect(
+                self.database_url,
+                autocommit=True,
+                connect_timeout=5,
+                application_name=holder_name(self.name),
+            )
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         held = bool(row and row[0])
         if not held:
@@ -82,16 +90,73 @@ class AdvisoryLock:
                 self._conn = None
 
 
+HOLDER_PREFIX = "tododb "
+
+
+def holder_name(lock: str) -> str:
+    """The lock connection's ``application_name``: which process holds which lock,
+    visible in ``pg_stat_activity`` (``tododb relay host:pid``; at most 63 bytes)."""
+    return f"{HOLDER_PREFIX}{lock} {socket.gethostname()}:{os.getpid()}"[:63]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The session holding a lock, as PostgreSQL sees it."""
+
+    process: str
+    """``host:pid`` of the holding process (from its ``application_name``), else the
+    client address and backend pid."""
+    since: str | None
+    """When its connection began (ISO 8601)."""
+
+    def pid(self) -> int | None:
+        tail = self.process.rsplit(":", 1)[-1]
+        return int(tail) if tail.isdigit() else None
+
+
+_HOLDER_QUERY = (
+    "SELECT a.application_name AS app, host(a.client_addr) AS addr, l.pid AS pid, "
+    "a.backend_start AS since FROM pg_locks l "
+    "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE "
+)
+_LOCK_FILTER = (
+    "l.locktype = 'advisory' AND l.granted "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1"
+)
+
+
+def _key_parts(name: str) -> tuple[int, int]:
+    key = lock_key(f"tododb:{name}") & 0xFFFFFFFFFFFFFFFF
+    return key >> 32, key & 0xFFFFFFFF
+
+
 def lock_holders(conn: psycopg.Connection[Any], name: str) -> int:
     """How many sessions hold the named lock (0 or 1): lets status pages say 'running'."""
-    key = lock_key(f"tododb:{name}") & 0xFFFFFFFFFFFFFFFF
     row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1",
-        (key >> 32, key & 0xFFFFFFFF),
+        "SELECT count(*) FROM pg_locks l WHERE " + _LOCK_FILTER,  # noqa: S608 - a constant
+        _key_parts(name),
     ).fetchone()
     if row is None:
         return 0
     value = row["count"] if isinstance(row, dict) else row[0]
     return int(value)
+
+
+def lock_holder(conn: psycopg.Connection[Any], name: str) -> Holder | None:
+    """The session holding the named lock (pg_locks joined with pg_stat_activity)."""
+    row = conn.execute(
+        _HOLDER_QUERY + _LOCK_FILTER + " LIMIT 1",
+        _key_parts(name),
+    ).fetchone()
+    if row is None:
+        return None
+    names = ("app", "addr", "pid", "since")
+    values = row if isinstance(row, dict) else dict(zip(names, row, strict=True))
+    app = values["app"] or ""
+    if app.startswith(HOLDER_PREFIX):
+        process = app.rsplit(" ", 1)[-1]
+    else:
+        process = f"{values['addr'] or 'local'} backend {values['pid']}"
+    since = values["since"].isoformat() if values["since"] is not None else None
+    return Holder(process=process, since=since)

@@ -133,6 +133,71 @@ class Settings(BaseSettings):
     relay_loss_check_seconds: float = Field(
         default=30.0, gt=0, description="How often the relay compares the topic with its acks."
     )
+    reminder_max_sleep_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Longest the reminder scheduler sleeps between looks at the schedule (other "
+            "notifications services may arm reminders it is not woken for)."
+        ),
+    )
+    reminder_late_after_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A reminder fired more than this after its time is marked late.",
+    )
+    reminder_batch_size: int = Field(
+        default=100, ge=1, description="Reminders fired per transaction."
+    )
+
+    # ---- operations: worker probes and lag (issue 13) ---------------------------------
+    probe_host: str = Field(
+        default="127.0.0.1",
+        description="Address of a worker's /metrics, /healthz, /readyz (0.0.0.0 in a container).",
+    )
+    probe_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of a worker's /metrics, /healthz and /readyz (TODO_PROBE_PORT, one per "
+            "process; `todo dev` and docker-compose set it); 0 serves none."
+        ),
+    )
+    probe_stall_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="An active worker with lag whose position stood still this long is not ready.",
+    )
+    lag_refresh_seconds: float = Field(
+        default=5.0, gt=0, description="How often a consumer reads its group's lag from the broker."
+    )
+
+    # ---- delta sync and the live stream (issue 12) ------------------------------------
+    sync_token_max_age_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=1,
+        description="Sync tokens older than this answer 410 (`sync-token-expired`): start over.",
+    )
+    sync_token_max_ahead: int = Field(
+        default=1_000_000,
+        ge=0,
+        description=(
+            "A sync token further ahead of the read model than this many log positions is "
+            "from another database (410); nearer, the request waits like X-Min-Position."
+        ),
+    )
+    stream_max_per_user: int = Field(
+        default=5, ge=1, description="Open /v1/stream connections per user per API process (429)."
+    )
+    stream_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="A comment line on an idle stream this often (proxies)."
+    )
+    stream_queue_max: int = Field(
+        default=1000,
+        ge=1,
+        description="Events a stream may have waiting for a slow client before it is cut off.",
+    )
 
     def resolved_jwt_secret(self) -> str:
         """The configured secret, else a per-data-dir random one made on first use."""

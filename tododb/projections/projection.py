@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from functools import cache
 from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from tododb.infra import tracing
 from tododb.projections.views import VIEW_CLASSES, TodoRowsView
 
 MAX_BATCH = 1000
@@ -69,7 +71,10 @@ class TodoRowsProjection(Projection[TodoRowsView]):
                     return
                 batch.append(more)
             try:
+                started = time.time_ns()
                 self.view.apply([(e, t.notification_id) for e, t in batch], batch[-1][1])
+                if tracing.exporting():
+                    tracing.apply_spans(self.name, [e for e, _ in batch], started)
             except BaseException as e:
                 self._error = e
                 self._drain()

@@ -22,6 +22,14 @@ from psycopg.sql import SQL, Composable, Composed, Identifier
 
 from tododb.domain import INBOX_NAME, Role, inbox_id
 from tododb.infra.postgres import ConnectionFactory
+from tododb.projections.changes import (
+    Change,
+    ChangeQueries,
+    ListState,
+    changes_for,
+    group_by_position,
+    visible_after,
+)
 from tododb.projections.registry import KINDS, read_position
 from tododb.projections.rows import TodoRow
 from tododb.projections.views import NOTIFY_CHANNEL as VIEWS_CHANNEL
@@ -29,13 +37,20 @@ from tododb.projections.views import NOTIFY_CHANNEL as VIEWS_CHANNEL
 __all__ = [
     "KINDS",
     "VIEWS_CHANNEL",
+    "Change",
+    "ChangeQueries",
     "InvalidCursor",
     "ListEntry",
     "ListPage",
+    "ListState",
     "ReadModelOrderIndex",
     "ReadModelQueries",
+    "SortKey",
     "TodoRow",
+    "changes_for",
+    "group_by_position",
     "read_position",
+    "visible_after",
 ]
 
 SortKey = Literal[

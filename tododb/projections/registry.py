@@ -126,7 +126,10 @@ class ReadSide:
             (self.schema, tables),
         ).fetchall()
         columns = {r["table_name"]: set(r["columns"]) for r in found}
-        return set(columns) == set(tables) and set(TodoRow.COLUMNS) <= columns[tables[0]]
+        if set(columns) != set(tables) or not set(TodoRow.COLUMNS) <= columns[tables[0]]:
+            return False
+        # Members carry the position they joined at (delta sync) since issue 12.
+        return all("joined" in columns[t] for t in tables if t.endswith("_members"))
 
     def _generation(self, conn: psycopg.Connection[dict[str, Any]], kind: str) -> int | None:
         row = conn.execute(

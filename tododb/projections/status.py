@@ -8,7 +8,9 @@ from typing import Any
 import psycopg
 from psycopg.sql import SQL, Identifier
 
-from tododb.infra.leadership import lock_holders
+from tododb.application import TodoApplication
+from tododb.infra.leadership import lock_holder, lock_holders
+from tododb.infra.loglag import log_lag
 from tododb.projections.projection import generation_name
 from tododb.projections.quarantine import SUFFIX, quarantined_count
 from tododb.projections.rebuild_log import RebuildLog, RebuildRow
@@ -27,15 +29,29 @@ class ProjectionStatus:
     last_rebuild: dict[str, Any] | None
     quarantined: int = 0
     """Todos whose events are quarantined in the live generation (see ``quarantine``)."""
+    lag_seconds: float = 0.0
+    """Age of the oldest event it has not applied yet (0 when caught up)."""
+    active_process: str | None = None
+    """``host:pid`` of the process holding its lock (running it), if any."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def projection_status(read_side: ReadSide, head: int) -> list[ProjectionStatus]:
+EVENTS_TABLE = f"{TodoApplication.name}_events"
+
+
+def events_schema(read_side: ReadSide) -> str:
+    """The schema of the event store's tables (the log the projections follow)."""
+    return read_side.env.get("POSTGRES_SCHEMA", "public")
+
+
+def projection_status(
+    read_side: ReadSide, head: int, kinds: tuple[str, ...] = KINDS
+) -> list[ProjectionStatus]:
     rebuilds = RebuildLog(read_side)
     with read_side.connect() as conn:
-        return [_status(conn, read_side, rebuilds, kind, head) for kind in KINDS]
+        return [_status(conn, read_side, rebuilds, kind, head) for kind in kinds]
 
 
 def _status(
@@ -54,15 +70,19 @@ def _status(
     last_rebuild = rebuilds.latest(conn, kind)
     position = read_position(conn, read_side.schema, kind)
     number = int(generation["generation"]) if generation else 0
+    lag = log_lag(conn, events_schema(read_side), EVENTS_TABLE, position, head)
+    holder = lock_holder(conn, f"projection:{kind}")
     return ProjectionStatus(
         name=kind,
         generation=number,
         position=position,
         head=head,
-        lag=max(head - position, 0),
+        lag=lag.events,
         state=_state(conn, kind, last_rebuild),
         last_rebuild=last_rebuild,
         quarantined=quarantined_count(conn, read_side.schema, quarantine_table(kind, number)),
+        lag_seconds=round(lag.seconds, 3),
+        active_process=holder.process if holder else None,
     )
 
 

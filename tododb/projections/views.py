@@ -30,6 +30,7 @@ from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from tododb.application import TodoApplication
 from tododb.domain import TodoList
+from tododb.projections.history import History, walk_history
 from tododb.projections.quarantine import (
     RELEASED,
     SKIPPED,
@@ -76,12 +77,25 @@ _LIST_DDL = (
 )
 _MEMBER_DDL = (
     "list_id uuid NOT NULL, user_id text NOT NULL, role text NOT NULL, "
+    # The position of the event that made the user a member (this time round): a client
+    # that synced before it has seen none of the list's todos (tododb.projections.changes).
+    "joined bigint NOT NULL, PRIMARY KEY (list_id, user_id)"
+)
+_DEPARTURE_DDL = (
+    # The last time the user stopped being a member (removed, or left): position.
+    "list_id uuid NOT NULL, user_id text NOT NULL, position bigint NOT NULL, "
     "PRIMARY KEY (list_id, user_id)"
+)
+_MOVE_DDL = (
+    # The last time a todo left a list (moved elsewhere): position.
+    "from_list uuid NOT NULL, todo_id uuid NOT NULL, position bigint NOT NULL, "
+    "PRIMARY KEY (from_list, todo_id)"
 )
 
 
 DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tododb.readmodels.ddl'))"
 """Taken by every statement that creates read-model tables or indexes."""
+
 
 class TodoRowsView(PostgresTrackingRecorder):
     """A table of todo rows folded from events, plus the library's tracking table."""
@@ -147,6 +161,17 @@ class TodoRowsView(PostgresTrackingRecorder):
     def members_table_name(self) -> str:
         return f"{self.prefix}_members"
 
+    @property
+    def departures_table_name(self) -> str:
+        return f"{self.prefix}_departures"
+
+    @property
+    def moves_table_name(self) -> str:
+        return f"{self.prefix}_moves"
+
+    keeps_history = False
+    """Whether the view keeps membership departures and todo moves (for delta sync)."""
+
     def _list_statements(self) -> None:
         lists = SQL("{}.{}").format(self.schema, Identifier(self.lists_table_name))
         members = SQL("{}.{}").format(self.schema, Identifier(self.members_table_name))
@@ -180,10 +205,35 @@ class TodoRowsView(PostgresTrackingRecorder):
         )
         self.insert_members_sql = (
             SQL(
-                "INSERT INTO {} (list_id, user_id, role) "
-                "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[])"
+                "INSERT INTO {} (list_id, user_id, role, joined) "
+                "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[])"
             )
             .format(members)
+            .as_bytes()
+        )
+        self.select_joined_sql = (
+            SQL("SELECT list_id, user_id, joined FROM {} WHERE list_id = ANY(%s)")
+            .format(members)
+            .as_bytes()
+        )
+        self.upsert_departures_sql = (
+            SQL(
+                "INSERT INTO {0}.{1} AS d (list_id, user_id, position) "
+                "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[]) "
+                "ON CONFLICT (list_id, user_id) DO UPDATE "
+                "SET position = GREATEST(d.position, EXCLUDED.position)"
+            )
+            .format(self.schema, Identifier(self.departures_table_name))
+            .as_bytes()
+        )
+        self.upsert_moves_sql = (
+            SQL(
+                "INSERT INTO {0}.{1} AS m (from_list, todo_id, position) "
+                "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) "
+                "ON CONFLICT (from_list, todo_id) DO UPDATE "
+                "SET position = GREATEST(m.position, EXCLUDED.position)"
+            )
+            .format(self.schema, Identifier(self.moves_table_name))
             .as_bytes()
         )
 
@@ -202,15 +252,21 @@ class TodoRowsView(PostgresTrackingRecorder):
         super()._create_table(curs)
 
     def table_statements(self) -> list[Composed]:
+        tables = [
+            (self.rows_table_name, _ROW_DDL),
+            (self.lists_table_name, _LIST_DDL),
+            (self.members_table_name, _MEMBER_DDL),
+        ]
+        if self.keeps_history:
+            tables += [
+                (self.departures_table_name, _DEPARTURE_DDL),
+                (self.moves_table_name, _MOVE_DDL),
+            ]
         return [
             SQL("CREATE TABLE IF NOT EXISTS {schema}.{table} ({ddl})").format(
                 schema=self.schema, table=Identifier(table), ddl=SQL(ddl)
             )
-            for table, ddl in (
-                (self.rows_table_name, _ROW_DDL),
-                (self.lists_table_name, _LIST_DDL),
-                (self.members_table_name, _MEMBER_DDL),
-            )
+            for table, ddl in tables
         ] + self.quarantine.statements()
 
     def index_statements(self) -> list[Composed]:
@@ -299,6 +355,7 @@ class TodoRowsView(PostgresTrackingRecorder):
             curs.execute(self.select_lists_sql, (list_ids,), prepare=True)
             before.update((r["id"], ListRow.from_record(r, r["members"])) for r in curs.fetchall())
         after = fold_events(before, events)
+        history = walk_history(before, events)
         todos = [(before.get(i), r) for i, r in after.items() if isinstance(r, TodoRow)]
         lists = [(before.get(i), r) for i, r in after.items() if isinstance(r, ListRow)]
         if todos:
@@ -307,23 +364,45 @@ class TodoRowsView(PostgresTrackingRecorder):
                 curs, [(old if isinstance(old, TodoRow) else None, new) for old, new in todos]
             )
         if lists:
-            self._upsert_lists(curs, lists)
+            self._upsert_lists(curs, lists, history)
+        if self.keeps_history:
+            self._record_history(curs, history)
 
-    def _upsert_lists(self, curs: Cursor[DictRow], lists: list[tuple[Row | None, ListRow]]) -> None:
-        """The lists' rows, and the members of those whose members changed (replaced)."""
+    def _upsert_lists(
+        self, curs: Cursor[DictRow], lists: list[tuple[Row | None, ListRow]], history: History
+    ) -> None:
+        """The lists' rows, and the members of those whose members changed (replaced,
+        each keeping the position they joined at unless they joined again here)."""
         curs.executemany(self.upsert_list_sql, [row.values() for _, row in lists])
         changed = [
             row
             for old, row in lists
             if not (isinstance(old, ListRow) and old.members == row.members)
+            or any(key[0] == row.id for key in history.joins)
         ]
         if not changed:
             return
-        curs.execute(self.delete_members_sql, ([row.id for row in changed],))
-        members = [(row.id, user, role) for row in changed for user, role in row.members.items()]
+        ids = [row.id for row in changed]
+        curs.execute(self.select_joined_sql, (ids,))
+        joined = {(r["list_id"], r["user_id"]): int(r["joined"]) for r in curs.fetchall()}
+        joined.update(history.joins)
+        curs.execute(self.delete_members_sql, (ids,))
+        members = [
+            (row.id, user, role, joined.get((row.id, user), row.position))
+            for row in changed
+            for user, role in row.members.items()
+        ]
         if members:
-            ids, users, roles = (list(column) for column in zip(*members, strict=True))
-            curs.execute(self.insert_members_sql, (ids, users, roles))
+            columns = [list(column) for column in zip(*members, strict=True)]
+            curs.execute(self.insert_members_sql, columns)
+
+    def _record_history(self, curs: Cursor[DictRow], history: History) -> None:
+        if history.departures:
+            rows = [(lst, user, pos) for (lst, user), pos in sorted(history.departures.items())]
+            curs.execute(self.upsert_departures_sql, [list(c) for c in zip(*rows, strict=True)])
+        if history.moves:
+            moves = [(lst, todo, pos) for (lst, todo), pos in sorted(history.moves.items())]
+            curs.execute(self.upsert_moves_sql, [list(c) for c in zip(*moves, strict=True)])
 
     def _track(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
         curs.execute(
@@ -473,10 +552,12 @@ class TodoRowsView(PostgresTrackingRecorder):
                 )
 
     def owned_tables(self) -> list[str]:
+        history = [self.departures_table_name, self.moves_table_name] if self.keeps_history else []
         return [
             self.rows_table_name,
             self.lists_table_name,
             self.members_table_name,
+            *history,
             self.tracking_table_name,
             self.quarantine.name,
         ]
@@ -496,11 +577,24 @@ class TodosView(TodoRowsView):
     deleted, and every list's members."""
 
     kind = "todos"
+    keeps_history = True
 
     def index_statements(self) -> list[Composed]:
         t = self.rows_table_name
         live = "WHERE NOT deleted"
+        m, d, v = self.members_table_name, self.departures_table_name, self.moves_table_name
+        lists = self.lists_table_name
+        # Delta sync and the live stream: what changed after a position, per list or
+        # overall (tododb.projections.changes).
+        history = [
+            *self.indexes_on(m, {f"{m}_joined": "(joined)"}),
+            *self.indexes_on(d, {f"{d}_user": "(user_id, position)", f"{d}_pos": "(position)"}),
+            *self.indexes_on(v, {f"{v}_from": "(from_list, position)", f"{v}_pos": "(position)"}),
+            *self.indexes_on(lists, {f"{lists}_changed": "(position)"}),
+        ]
         specs = {
+            f"{t}_list_changed": "(list_id, position)",
+            f"{t}_changed": "(position)",
             f"{t}_list_position": f"(list_id, order_key, id) {live}",
             f"{t}_list_created": f"(list_id, created_at, id) {live}",
             f"{t}_list_updated": f"(list_id, updated_at, id) {live}",
@@ -508,11 +602,17 @@ class TodosView(TodoRowsView):
             f"{t}_assignee": f"(assignee, list_id) {live} AND assignee IS NOT NULL",
             f"{t}_tags": "USING gin (tags)",
         }
-        return [*super().index_statements(), *self.indexes_on_rows(specs)]
+        return [*super().index_statements(), *self.indexes_on_rows(specs), *history]
 
     @classmethod
     def sql_views_for(cls, prefix: str) -> dict[str, str]:
-        return {"todos": prefix, "lists": f"{prefix}_lists", "list_members": f"{prefix}_members"}
+        return {
+            "todos": prefix,
+            "lists": f"{prefix}_lists",
+            "list_members": f"{prefix}_members",
+            "list_departures": f"{prefix}_departures",
+            "todo_moves": f"{prefix}_moves",
+        }
 
 
 def _counts(row: TodoRow | None) -> tuple[int, int, int]:

@@ -23,6 +23,7 @@ from eventsourcing.persistence import Notification
 
 from tododb import contract
 from tododb.domain import event_payload, public_type
+from tododb.infra.tracing import event_context
 
 Headers = list[tuple[str, bytes]]
 
@@ -58,6 +59,8 @@ class OutgoingMessage(NamedTuple):
     headers: Headers
     event_id: str
     position: int
+    traceparent: str | None = None
+    """The storing command's trace: the relay's publish span joins it (when exporting)."""
 
 
 ERROR_MAX = 2000
@@ -144,6 +147,7 @@ def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
     data.pop("actor", None)
     return CloudEvent(
         {
+            **_trace_attributes(domain_event),
             "id": event_id_text(todo_id, version),
             "source": contract.SOURCE,
             "type": contract_type(domain_event),
@@ -158,6 +162,19 @@ def to_cloudevent(domain_event: Any, position: int, owner: str) -> CloudEvent:
         },
         data,
     )
+
+
+def _trace_attributes(domain_event: Any) -> dict[str, str]:
+    """The storing command's trace context and correlation id, when the event has them."""
+    context = event_context(domain_event)
+    if context is None:
+        return {}
+    attributes = {contract.CORRELATION_ID: context.correlation_id}
+    if context.traceparent:
+        attributes[contract.TRACEPARENT] = context.traceparent
+        if context.tracestate:
+            attributes[contract.TRACESTATE] = context.tracestate
+    return attributes
 
 
 def to_message(domain_event: Any, position: int, owner: str) -> OutgoingMessage:
@@ -175,6 +192,7 @@ def to_message(domain_event: Any, position: int, owner: str) -> OutgoingMessage:
         headers=_HEADERS.setdefault(headers, list(headers)),
         event_id=event.get_id(),
         position=position,
+        traceparent=event.get_attributes().get(contract.TRACEPARENT),
     )
 
 

@@ -31,6 +31,7 @@ from psycopg.sql import SQL, Identifier
 
 from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
+from tododb.infra import tracing
 from tododb.infra.kafka import bootstrap_servers, create_topic, end_offsets, make_producer
 from tododb.infra.leadership import AdvisoryLock
 from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
@@ -220,8 +221,13 @@ class Relay:
             return await self._attempt(producer, messages, partitions, attempts > 1, rewind_on_loss)
 
         what = f"publishing {sum(map(len, messages.values()))} messages"
+        started = time.time_ns()
         sent = await retry_async(attempt, stop=stop, backoff=self._backoff(0.2), what=what)
         self.published += sent
+        if sent and tracing.exporting():
+            tracing.publish_spans(
+                [m.traceparent for ms in messages.values() for m in ms], self.topic, started
+            )
         if attempts > 1 and sent:
             log.info("broker is back; re-sent %d messages", sent)
         return sent

@@ -10,7 +10,8 @@ from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from tododb.application import TodoApplication
-from tododb.infra.leadership import lock_holders
+from tododb.infra.leadership import lock_holder
+from tododb.infra.loglag import log_lag
 from tododb.infra.postgres import ConnectionFactory
 
 APPLICATION_NAME = TodoApplication.name
@@ -21,8 +22,9 @@ LOCK_NAME = "relay"
 
 
 def read_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
-    """Position, head, lag, whether some relay holds the lock, and how many events are
-    quarantined (could not be published) and held behind them (works before any run)."""
+    """Position, head, lag (in events and seconds: the age of the oldest event not yet
+    published), whether some relay holds the lock and which process, and how many events
+    are quarantined (could not be published) and held behind them (works before any run)."""
     with conn.cursor(row_factory=dict_row) as cur:
         position = _scalar(
             cur,
@@ -35,12 +37,15 @@ def read_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
         counts = "SELECT count(*) AS n FROM {} WHERE status = %s"
         quarantined = _scalar(cur, schema, QUARANTINE_TABLE, counts, ("quarantined",))
         held = _scalar(cur, schema, QUARANTINE_TABLE, counts, ("held",))
-    active = lock_holders(conn, LOCK_NAME) > 0
+    holder = lock_holder(conn, LOCK_NAME)
+    lag = log_lag(conn, schema, EVENTS_TABLE, position, head)
     return {
         "position": position,
         "head": head,
-        "lag": max(0, head - position),
-        "active": active,
+        "lag": lag.events,
+        "lag_seconds": round(lag.seconds, 3),
+        "active": holder is not None,
+        "active_process": holder.process if holder else None,
         "quarantined": quarantined,
         "held": held,
     }

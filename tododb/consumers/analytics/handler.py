@@ -19,6 +19,7 @@ from tododb import contract
 from tododb.consumers.analytics.store import DDL, SCHEMA
 from tododb.consumers.core import AsyncConn
 from tododb.contract import TodoEvent
+from tododb.infra.tracing import consumer_span
 
 _COUNTED = {
     contract.TASK_CREATED: "created",
@@ -44,6 +45,11 @@ class AnalyticsHandler:
         return DDL
 
     async def handle(self, conn: AsyncConn, event: TodoEvent) -> None:
+        """In a span of the event's own trace (the command's that stored it)."""
+        with consumer_span("analytics.handle", event):
+            await self._handle(conn, event)
+
+    async def _handle(self, conn: AsyncConn, event: TodoEvent) -> None:
         day = event.time.astimezone(UTC).date()
         await conn.execute(
             "INSERT INTO analytics.actor_daily (actor, day, type, events) "

@@ -34,6 +34,7 @@ from tododb.consumers.notifications.signing import (
 from tododb.infra.egress import refusal
 from tododb.infra.retry import Backoff, sleep_or_stop
 from tododb.infra.settings import Settings
+from tododb.infra.tracing import webhook_span
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -63,6 +64,7 @@ def payload(claim: Claim) -> bytes:
             "data": claim.data,
             "occurred_at": claim.occurred_at.isoformat(),
             "actor": claim.actor,
+            "correlation_id": claim.correlation_id,
         },
         separators=(",", ":"),
     ).encode()
@@ -149,19 +151,26 @@ class DeliveryWorker:
             # Opened during this round: wait for the cool-down, costs no attempt.
             await self.outbox.postpone(claim.id, circuit.open_until)
             return
-        sent = await self._send(http, claim)
+        with webhook_span(claim.traceparent, claim.tracestate, claim.attempts + 1) as trace:
+            sent = await self._send(http, claim, trace)
         await self._record(claim, circuit, sent)
 
-    async def _send(self, http: httpx.AsyncClient, claim: Claim) -> Sent:
-        """POST the signed payload, unless the target (resolved afresh) is refused."""
+    async def _send(
+        self, http: httpx.AsyncClient, claim: Claim, trace: dict[str, str] | None = None
+    ) -> Sent:
+        """POST the signed payload, unless the target (resolved afresh) is refused; with
+        ``traceparent`` (the attempt's span in the causing command's trace)."""
         body = payload(claim)
-        headers = signed_headers(
-            claim.secret,
-            body,
-            timestamp=int(time.time()),
-            delivery_id=claim.id,
-            event_id=claim.event_id,
-        )
+        headers = {
+            **signed_headers(
+                claim.secret,
+                body,
+                timestamp=int(time.time()),
+                delivery_id=claim.id,
+                event_id=claim.event_id,
+            ),
+            **(trace or {}),
+        }
         started = time.perf_counter()
 
         def elapsed_ms() -> float:

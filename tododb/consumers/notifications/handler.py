@@ -7,6 +7,9 @@ kept from the ``todos.list.*`` events, and each todo's list, from ``created`` an
 seen yet: a list's events are on another key, so in no order with its todos') notifies
 its owner, as before lists. The actor is never notified of their own action.
 
+Reminders are scheduled here too (``reminders.track``: the schedule is this service's
+own state) and fired by ``reminders.ReminderScheduler``.
+
 The notification rows, their delivery rows, the membership changes and the inbox row
 commit in one transaction, so a redelivered event neither repeats a notification nor a
 webhook call; the deliveries themselves are an outbox worked off by
@@ -17,12 +20,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from tododb import contract
 from tododb.consumers.core import AsyncConn
+from tododb.consumers.notifications import reminders
 from tododb.consumers.notifications.store import DDL, SCHEMA
 from tododb.contract import TodoEvent
+from tododb.infra.tracing import consumer_span
 
 
 def _message(event: TodoEvent, title: str | None, *, moved_lists: bool) -> str | None:
@@ -57,15 +63,32 @@ def _message(event: TodoEvent, title: str | None, *, moved_lists: bool) -> str |
 class NotificationsHandler:
     name = SCHEMA
 
+    def __init__(self) -> None:
+        self.armed: datetime | None = None
+        """The soonest reminder armed since ``take_armed`` (its transaction may yet roll
+        back: then waking the scheduler for it costs one look at the schedule)."""
+
     def ddl(self) -> Sequence[str]:
         return DDL
 
+    def take_armed(self) -> datetime | None:
+        armed, self.armed = self.armed, None
+        return armed
+
     async def handle(self, conn: AsyncConn, event: TodoEvent) -> None:
+        """In a span of the event's own trace (the command's that stored it)."""
+        with consumer_span("notifications.handle", event):
+            await self._handle(conn, event)
+
+    async def _handle(self, conn: AsyncConn, event: TodoEvent) -> None:
         if event.is_list_event:
             await self._list_event(conn, event)
             return
         if not event.is_task_event:
             return  # a type of a later contract version: not ours to understand
+        armed = await reminders.track(conn, event)
+        if armed is not None and (self.armed is None or armed < self.armed):
+            self.armed = armed
         title = await self._title(conn, event)
         lists, moved_lists = await self._lists(conn, event)
         message = _message(event, title, moved_lists=moved_lists)
@@ -78,8 +101,9 @@ class NotificationsHandler:
         await conn.execute(
             "WITH n AS ("
             "  INSERT INTO notifications.notifications "
-            "  (owner, event_id, todo_id, type, message, data, occurred_at, actor) "
-            "  SELECT r, %s, %s, %s, %s, %s, %s, %s FROM unnest(%s::text[]) AS r "
+            "  (owner, event_id, todo_id, type, message, data, occurred_at, actor, "
+            "   correlation_id, traceparent, tracestate) "
+            "  SELECT r, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM unnest(%s::text[]) AS r "
             "  RETURNING id, owner) "
             "INSERT INTO notifications.deliveries (webhook_id, notification_id) "
             "SELECT w.id, n.id FROM n JOIN notifications.webhooks w "
@@ -92,6 +116,9 @@ class NotificationsHandler:
                 json.dumps(event.data),
                 event.time,
                 event.actor,
+                event.correlation_id,
+                event.traceparent,
+                event.tracestate,
                 sorted(recipients),
             ),
         )

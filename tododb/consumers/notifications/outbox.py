@@ -31,7 +31,8 @@ _CLAIM = (
     "WHERE d.id = due.id AND w.id = d.webhook_id AND n.id = d.notification_id "
     "RETURNING d.id, d.attempts, d.webhook_id, w.url, w.secret, w.deleted_at, "
     "w.consecutive_failures, w.circuit_open_until, n.id AS notification_id, "
-    "n.event_id, n.todo_id, n.type, n.message, n.data, n.occurred_at, n.actor"
+    "n.event_id, n.todo_id, n.type, n.message, n.data, n.occurred_at, n.actor, "
+    "n.correlation_id, n.traceparent, n.tracestate"
 )
 
 
@@ -56,6 +57,10 @@ class Claim:
     occurred_at: datetime
     actor: str | None = None
     """Who caused it (None on notifications made before actors were recorded)."""
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    """The causing command's trace: the webhook call continues it (None: none known)."""
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True)

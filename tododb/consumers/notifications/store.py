@@ -41,6 +41,13 @@ DDL = (
     "IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'actor' AND NOT attisdropped "
     "AND attrelid = 'notifications.notifications'::regclass) THEN "
     "ALTER TABLE notifications.notifications ADD COLUMN actor text; "
+    "END IF; "
+    # The causing command's correlation id and trace context (issue #13): the webhook
+    # call continues the trace.
+    "IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'traceparent' "
+    "AND NOT attisdropped AND attrelid = 'notifications.notifications'::regclass) THEN "
+    "ALTER TABLE notifications.notifications ADD COLUMN correlation_id text, "
+    "ADD COLUMN traceparent text, ADD COLUMN tracestate text; "
     "END IF; END $$",
     "CREATE UNIQUE INDEX IF NOT EXISTS notifications_event_recipient "
     "ON notifications.notifications (event_id, owner)",
@@ -77,6 +84,20 @@ DDL = (
     "delivered_at timestamptz, UNIQUE (webhook_id, notification_id))",
     "CREATE INDEX IF NOT EXISTS deliveries_due ON notifications.deliveries (next_attempt_at) "
     "WHERE status = 'pending'",
+    # Reminders (see ``reminders``): one row per todo that had one. ``pending``: armed,
+    # to fire at ``remind_at``; ``done``/``deleted``: completed for good / deleted (a
+    # reminder set then waits);
+    # ``set_at``: when the current ``remind_at`` was set (lateness counts from the later
+    # of the two); ``fired_remind_at``: the last time fired, so a reopen does not repeat it.
+    "CREATE TABLE IF NOT EXISTS notifications.reminders ("
+    "todo_id uuid PRIMARY KEY, owner text NOT NULL, actor text, "
+    "remind_at timestamptz, set_at timestamptz, pending boolean NOT NULL DEFAULT false, "
+    "done boolean NOT NULL DEFAULT false, deleted boolean NOT NULL DEFAULT false, "
+    "fired_remind_at timestamptz, fired_at timestamptz, late_seconds double precision)",
+    "CREATE INDEX IF NOT EXISTS reminders_due ON notifications.reminders (remind_at) WHERE pending",
+    # Each todo's assignee (from created, assigned, unassigned): who is reminded.
+    "CREATE TABLE IF NOT EXISTS notifications.todo_assignees ("
+    "todo_id uuid PRIMARY KEY, assignee text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS notifications.delivery_attempts ("
     "id bigserial PRIMARY KEY, "
     "delivery_id bigint NOT NULL REFERENCES notifications.deliveries (id), "
@@ -162,7 +183,8 @@ class NotificationsStore:
         who caused it, None on notifications made before actors were recorded)."""
         with self.connect() as conn:
             rows = conn.execute(
-                "SELECT id, event_id, todo_id, type, message, data, occurred_at, actor "
+                "SELECT id, event_id, todo_id, type, message, data, occurred_at, actor, "
+                "correlation_id "
                 "FROM notifications.notifications WHERE owner = %s "
                 "AND (%s::bigint IS NULL OR id < %s::bigint) ORDER BY id DESC LIMIT %s",
                 (owner, before, before, limit),

@@ -1,0 +1,85 @@
+"""Every event records the command's correlation id, causation id and trace context
+(issue #13), shown in ``/events`` and carried on the CloudEvent."""
+
+from __future__ import annotations
+
+import re
+from uuid import UUID
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import PROBLEM
+from tododb.application import TodoApplication
+from tododb.relay.envelope import to_cloudevent
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def test_an_incoming_trace_and_correlation_id_reach_every_event(
+    client: TestClient, headers: dict[str, str], todo_app: TodoApplication
+) -> None:
+    sent = {**headers, "traceparent": TRACEPARENT, "X-Correlation-Id": "order-7.checkout"}
+    created = client.post("/v1/todos", json={"title": "Traced"}, headers=sent)
+    assert created.status_code == 201, created.text
+    assert created.headers["x-correlation-id"] == "order-7.checkout"
+    todo_id = created.json()["id"]
+    done = client.post(
+        f"/v1/todos/{todo_id}/complete", headers={**headers, "traceparent": TRACEPARENT}
+    )
+    assert done.headers["x-correlation-id"] == TRACE_ID  # no id sent: the trace's id
+    events = client.get(f"/v1/todos/{todo_id}/events", headers=headers).json()
+    first, second = (e["metadata"] for e in events)
+    assert first["correlation_id"] == "order-7.checkout"
+    assert second["correlation_id"] == TRACE_ID
+    for meta in (first, second):
+        # The same trace, continued by the API's own span (a new span id).
+        assert re.fullmatch(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-01", meta["traceparent"])
+        assert meta["causation_id"].startswith("request:")
+    assert first["causation_id"] != second["causation_id"]
+    assert "_meta" not in events[0]["data"]  # context, not a fact of the event
+    # The relay's CloudEvent carries it: the Distributed Tracing extension.
+    (stored,) = [e for e in todo_app.events.get(UUID(todo_id)) if e.originator_version == 1]
+    attributes = to_cloudevent(stored, 1, "owner").get_attributes()
+    assert attributes["traceparent"] == first["traceparent"]
+    assert attributes["correlationid"] == "order-7.checkout"
+    assert "_meta" not in (to_cloudevent(stored, 1, "owner").get_data() or {})
+
+
+def test_without_trace_headers_a_new_trace_and_correlation_id_are_made(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    created = client.post("/v1/todos", json={"title": "Untraced"}, headers=headers)
+    correlation = created.headers["x-correlation-id"]
+    (event,) = client.get(f"/v1/todos/{created.json()['id']}/events", headers=headers).json()
+    assert event["metadata"]["correlation_id"] == correlation
+    assert re.fullmatch(
+        r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", event["metadata"]["traceparent"]
+    )
+
+
+def test_a_bad_correlation_id_is_a_problem_and_a_bad_traceparent_is_ignored(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    bad = client.post(
+        "/v1/todos", json={"title": "x"}, headers={**headers, "X-Correlation-Id": "a b"}
+    )
+    assert (bad.status_code, bad.headers["content-type"]) == (400, PROBLEM)
+    assert bad.json()["type"].endswith("/bad-correlation-id")
+    ignored = client.post(
+        "/v1/todos", json={"title": "x"}, headers={**headers, "traceparent": "nonsense"}
+    )
+    assert ignored.status_code == 201
+
+
+def test_events_stored_before_metadata_show_none(
+    todo_app: TodoApplication, client: TestClient, headers: dict[str, str], user: str
+) -> None:
+    """An event without ``_meta`` (every event before this release) reads as null."""
+    from tododb.domain import Todo
+
+    todo = Todo.create(owner=user, title="Old")
+    (event,) = todo.pending_events
+    todo_app.recorder.insert_events([todo_app.mapper.to_stored_event(event)])
+    (shown,) = client.get(f"/v1/todos/{todo.id}/events", headers=headers).json()
+    assert shown["metadata"] is None

@@ -1,0 +1,92 @@
+"""Every request runs in a span and a command context (``tododb.infra.tracing``).
+
+An incoming ``traceparent`` (W3C Trace Context) makes the request's span its child, so
+the caller's trace continues through the API into every event the request stores, and
+from there through the relay, Kafka, the consumers and the webhooks. ``X-Correlation-Id``
+is kept (and answered back) when it is well formed; otherwise the trace id is the
+correlation id. A malformed ``X-Correlation-Id`` is a 400; a malformed ``traceparent`` is
+ignored, as the W3C recommendation says (a new trace starts).
+"""
+
+from __future__ import annotations
+
+import json
+
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tododb.infra.tracing import CORRELATION_ID, command_context, new_id, tracer
+
+_propagator = TraceContextTextMapPropagator()
+_CORRELATION = b"x-correlation-id"
+
+
+class RequestTracing:
+    """ASGI middleware: a server span and a command context around each HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier: dict[str, str] = {}
+        correlation: str | None = None
+        for name, value in scope.get("headers", []):
+            if name in (b"traceparent", b"tracestate"):
+                carrier[name.decode()] = value.decode("latin-1")
+            elif name == _CORRELATION:
+                correlation = value.decode("latin-1")
+        if correlation is not None and not CORRELATION_ID.fullmatch(correlation):
+            await _reject(scope, send)
+            return
+        parent = _propagator.extract(carrier)
+        method = scope.get("method", "HTTP")
+        with (
+            tracer.start_as_current_span(
+                method,  # renamed to "METHOD /route/{template}" once routed: few distinct names
+                context=parent,
+                kind=trace.SpanKind.SERVER,
+                attributes={"http.request.method": method},
+            ) as span,
+            command_context(correlation, f"request:{new_id()}") as ctx,
+        ):
+
+            async def answer(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    route = getattr(scope.get("route"), "path", None)
+                    if route:
+                        span.update_name(f"{method} {route}")
+                        span.set_attribute("http.route", route)
+                    span.set_attribute("http.response.status_code", message["status"])
+                    headers = list(message.get("headers", []))
+                    headers.append((_CORRELATION, ctx.correlation_id.encode()))
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await self.app(scope, receive, answer)
+
+
+async def _reject(scope: Scope, send: Send) -> None:
+    body = json.dumps(
+        {
+            "type": "https://tododb.dev/problems/bad-correlation-id",
+            "title": "Bad X-Correlation-Id",
+            "status": 400,
+            "detail": "X-Correlation-Id must be 1-128 characters of A-Z a-z 0-9 . _ : @ + = -",
+            "instance": scope.get("path", ""),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

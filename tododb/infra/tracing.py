@@ -1,0 +1,291 @@
+"""Tracing: OpenTelemetry spans, and the context every stored event carries.
+
+A command runs in a ``CommandContext``: its correlation id (from ``X-Correlation-Id``,
+else the incoming trace's id, else new), its causation id (the command that caused the
+events) and the W3C trace context of the span it ran in. Every event the command stores
+carries that context (``_meta`` in the stored state, see ``stamp``), so the relay, the
+projections and the consumers can continue the same trace long after the request ended.
+
+Spans are exported with OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, the standard OpenTelemetry variables;
+otherwise nothing is exported, but trace context is still made and stored, so a trace
+can be followed from the events alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+META = "_meta"
+"""The key of an event's context in its stored state (old events have none)."""
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
+"""What ``X-Correlation-Id`` may hold: enough for UUIDs, ULIDs and dotted request ids."""
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE_MAX = 512
+
+_propagator = TraceContextTextMapPropagator()
+_current: ContextVar[CommandContext | None] = ContextVar("tododb_command", default=None)
+_setup_lock = threading.Lock()
+_provider: TracerProvider | None = None
+
+tracer = trace.get_tracer("tododb")
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What an event records of the command that stored it."""
+
+    correlation_id: str
+    causation_id: str
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def as_meta(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_meta(cls, meta: Any) -> CommandContext | None:
+        """An event's stored context, or None (old events, or anything malformed)."""
+        if not isinstance(meta, Mapping):
+            return None
+        correlation, causation = meta.get("correlation_id"), meta.get("causation_id")
+        if not isinstance(correlation, str) or not isinstance(causation, str):
+            return None
+        parent, state = meta.get("traceparent"), meta.get("tracestate")
+        return cls(
+            correlation,
+            causation,
+            parent if isinstance(parent, str) and _TRACEPARENT.fullmatch(parent) else None,
+            state if isinstance(state, str) and len(state) <= _TRACESTATE_MAX else None,
+        )
+
+    def trace_context(self) -> otel_context.Context:
+        """The OpenTelemetry context to start a child span in (empty without a trace)."""
+        carrier = {"traceparent": self.traceparent} if self.traceparent else {}
+        if self.traceparent and self.tracestate:
+            carrier["tracestate"] = self.tracestate
+        return _propagator.extract(carrier)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def current_trace_headers() -> dict[str, str]:
+    """``traceparent`` (and ``tracestate``) of the current span, if it is a real one."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    return traceparent.split("-")[1] if traceparent else None
+
+
+@contextmanager
+def command_context(
+    correlation_id: str | None = None, causation_id: str | None = None
+) -> Iterator[CommandContext]:
+    """Run a command: events stored inside carry this context (and the current span's)."""
+    headers = current_trace_headers()
+    parent = headers.get("traceparent")
+    ctx = CommandContext(
+        correlation_id=correlation_id or trace_id_of(parent) or new_id(),
+        causation_id=causation_id or f"command:{new_id()}",
+        traceparent=parent,
+        tracestate=headers.get("tracestate"),
+    )
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def current_command() -> CommandContext | None:
+    return _current.get()
+
+
+def stamp(events: Any) -> None:
+    """Give each event the current command's context (a new one outside any): stored with
+    the event's state by the library's mapper, read back as the ``_meta`` attribute."""
+    ctx = _current.get()
+    if ctx is None:
+        headers = current_trace_headers()
+        parent = headers.get("traceparent")
+        ctx = CommandContext(trace_id_of(parent) or new_id(), f"command:{new_id()}", parent, None)
+    meta = ctx.as_meta()
+    for e in events:
+        if META not in vars(e):
+            object.__setattr__(e, META, meta)
+
+
+def event_context(domain_event: Any) -> CommandContext | None:
+    return CommandContext.from_meta(vars(domain_event).get(META))
+
+
+class _Fanout(SpanProcessor):
+    """The provider's one processor: forwards to those added since (OTLP's batch
+    processor, or a test's in-memory exporter), which can be removed again."""
+
+    def __init__(self) -> None:
+        self.targets: list[SpanProcessor] = []
+
+    def on_start(self, span: Any, parent_context: otel_context.Context | None = None) -> None:
+        for target in self.targets:
+            target.on_start(span, parent_context)
+
+    def on_end(self, span: Any) -> None:
+        for target in self.targets:
+            target.on_end(span)
+
+    def shutdown(self) -> None:
+        for target in self.targets:
+            target.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return all(t.force_flush(timeout_millis) for t in self.targets)
+
+
+_fanout = _Fanout()
+
+
+def exporting() -> bool:
+    """Whether spans go anywhere: the per-event spans of the workers are made only then."""
+    return bool(_fanout.targets)
+
+
+def setup_tracing(role: str, environ: Mapping[str, str] = os.environ) -> TracerProvider:
+    """Install the process's tracer provider once (idempotent): OTLP when configured."""
+    global _provider
+    with _setup_lock:
+        if _provider is None:
+            _provider = TracerProvider(resource=Resource.create({"service.name": f"tododb-{role}"}))
+            _provider.add_span_processor(_fanout)
+            trace.set_tracer_provider(_provider)
+            if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            ):
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+
+                _fanout.targets.append(BatchSpanProcessor(OTLPSpanExporter()))
+        return _provider
+
+
+def add_processor(processor: SpanProcessor) -> None:
+    """Export spans through ``processor`` too (tests add an in-memory exporter)."""
+    setup_tracing("process")
+    _fanout.targets.append(processor)
+
+
+def remove_processor(processor: SpanProcessor) -> None:
+    with contextlib.suppress(ValueError):
+        _fanout.targets.remove(processor)
+
+
+def _parent(traceparent: str | None, tracestate: str | None) -> otel_context.Context:
+    carrier = {"traceparent": traceparent} if traceparent else {}
+    if traceparent and tracestate:
+        carrier["tracestate"] = tracestate
+    return _propagator.extract(carrier)
+
+
+@contextmanager
+def consumer_span(name: str, event: Any) -> Iterator[None]:
+    """A span of ``event``'s own trace (a contract ``TodoEvent``: the command's context
+    travels in its ``traceparent``), around handling it."""
+    with tracer.start_as_current_span(
+        f"{name} {event.type}",
+        context=_parent(event.traceparent, event.tracestate),
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "messaging.message.id": event.id,
+            "tododb.correlation_id": event.correlation_id or "",
+        },
+    ):
+        yield
+
+
+@contextmanager
+def webhook_span(
+    traceparent: str | None, tracestate: str | None, attempt: int
+) -> Iterator[dict[str, str]]:
+    """A span per webhook attempt in the causing command's trace; the headers that carry
+    it to the receiver (``traceparent``, ``tracestate``; none without a trace)."""
+    with tracer.start_as_current_span(
+        "webhook.deliver",
+        context=_parent(traceparent, tracestate),
+        kind=trace.SpanKind.CLIENT,
+        attributes={"tododb.webhook.attempt": attempt},
+    ):
+        yield current_trace_headers()
+
+
+@contextmanager
+def event_span(name: str, domain_event: Any, **attributes: str | int) -> Iterator[None]:
+    """A span in the trace of the command that stored ``domain_event`` (its ``_meta``)."""
+    context = event_context(domain_event)
+    parent = _parent(context.traceparent, context.tracestate) if context else None
+    with tracer.start_as_current_span(name, context=parent, attributes=attributes):
+        yield
+
+
+def publish_spans(traceparents: list[str | None], topic: str, started_ns: int) -> None:
+    """One ``relay.publish`` span per acknowledged message, each in its event's trace,
+    from when the send began until now (made only when spans are exported)."""
+    for parent in traceparents:
+        if parent:
+            span = tracer.start_span(
+                f"relay.publish {topic}",
+                context=_parent(parent, None),
+                kind=trace.SpanKind.PRODUCER,
+                start_time=started_ns,
+                attributes={"messaging.destination.name": topic},
+            )
+            span.end()
+
+
+def apply_spans(view: str, domain_events: list[Any], started_ns: int) -> None:
+    """One ``projection.apply`` span per event of a committed batch, each in its event's
+    trace, from when the batch began until now (made only when spans are exported)."""
+    for domain_event in domain_events:
+        context = event_context(domain_event)
+        if context is not None and context.traceparent:
+            span = tracer.start_span(
+                f"projection.apply {view}",
+                context=_parent(context.traceparent, context.tracestate),
+                start_time=started_ns,
+            )
+            span.end()
+
+
+def log_context() -> dict[str, str]:
+    """The current span's and command's ids, for JSON log lines (a log_setup hook)."""
+    fields: dict[str, str] = {}
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        fields["trace_id"] = format(span_context.trace_id, "032x")
+        fields["span_id"] = format(span_context.span_id, "016x")
+    command = _current.get()
+    if command is not None:
+        fields["correlation_id"] = command.correlation_id
+        fields["causation_id"] = command.causation_id
+    return fields
