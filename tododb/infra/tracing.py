@@ -171,11 +171,13 @@ def exporting() -> bool:
     return bool(_fanout.targets)
 
 
-def setup_tracing(role: str, environ: Mapping[str, str] = os.environ) -> TracerProvider:
-    """Install the process's tracer provider once (idempotent): OTLP when configured."""
+def setup_tracing(role: str, environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
+    """Install the process's tracer provider once (idempotent): OTLP when configured;
+    none at all with the standard ``OTEL_SDK_DISABLED=true`` (no spans, and events then
+    carry a trace context only when the request brought one)."""
     global _provider
     with _setup_lock:
-        if _provider is None:
+        if _provider is None and environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
             _provider = TracerProvider(resource=Resource.create({"service.name": f"tododb-{role}"}))
             _provider.add_span_processor(_fanout)
             trace.set_tracer_provider(_provider)
