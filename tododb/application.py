@@ -43,7 +43,7 @@ from tododb.domain.invariants import clean_user_id
 from tododb.domain.ordering import creation_key
 from tododb.domain.todo import DeleteReason
 from tododb.infra.retry import Backoff
-from tododb.infra.tracing import event_context, stamp, tracer
+from tododb.infra.tracing import event_context, exporting, stamp, tracer
 
 
 class TodoNotFound(Exception):
@@ -492,7 +492,7 @@ class TodoApplication(Application[UUID]):
             return todo
         if version > todo.version:
             raise VersionNotFound(f"todo {todo_id} has no version {version}")
-        past: object = self.repository.get(todo_id, version=version)
+        past: object = self._get(todo_id, version=version)
         assert isinstance(past, Todo)
         return past
 
@@ -525,9 +525,11 @@ class TodoApplication(Application[UUID]):
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """The library's save, in a span, each new event stamped with the command's
         context (``tododb.infra.tracing``): stored with it, never rewritten."""
+        for obj in objs:
+            stamp(getattr(obj, "pending_events", ()))
+        if not exporting():
+            return super().save(*objs, **kwargs)
         with tracer.start_as_current_span("event_store.append"):
-            for obj in objs:
-                stamp(getattr(obj, "pending_events", ()))
             return super().save(*objs, **kwargs)
 
     def head_position(self) -> int:
@@ -587,9 +589,13 @@ class TodoApplication(Application[UUID]):
 
     # ---- internals ------------------------------------------------------------------
 
+    def _get(self, aggregate_id: UUID, *, version: int | None = None) -> object:
+        """An aggregate from its events, replayed by ``mutate_all``."""
+        return self.repository.get(aggregate_id, version=version, projector_func=mutate_all)
+
     def _load_todo(self, todo_id: UUID) -> Todo:
         try:
-            todo: object = self.repository.get(todo_id)
+            todo: object = self._get(todo_id)
         except AggregateNotFoundError:
             raise TodoNotFound(str(todo_id)) from None
         if not isinstance(todo, Todo):
@@ -598,7 +604,7 @@ class TodoApplication(Application[UUID]):
 
     def _load_list(self, list_id: UUID) -> TodoList | None:
         try:
-            todo_list: object = self.repository.get(list_id)
+            todo_list: object = self._get(list_id)
         except AggregateNotFoundError:
             return None
         return todo_list if isinstance(todo_list, TodoList) else None
@@ -613,7 +619,7 @@ class TodoApplication(Application[UUID]):
         todos = []
         for todo_id in ids:
             try:
-                todo: object = self.repository.get(todo_id)
+                todo: object = self._get(todo_id)
             except AggregateNotFoundError:
                 continue
             if isinstance(todo, Todo):
@@ -644,7 +650,7 @@ class TodoApplication(Application[UUID]):
     def _neighbour_key(self, actor: str, neighbour_id: UUID, list_id: UUID, field: str) -> str:
         """The order key of a live todo of ``list_id`` (else a 422 on ``field``)."""
         try:
-            neighbour: object = self.repository.get(neighbour_id)
+            neighbour: object = self._get(neighbour_id)
         except AggregateNotFoundError:
             neighbour = None
         if not isinstance(neighbour, Todo) or neighbour.deleted or neighbour.list_id != list_id:
@@ -804,6 +810,15 @@ class TodoApplication(Application[UUID]):
     def _recorder_positions(self, todo_id: UUID) -> dict[int, int]:
         positions = getattr(self.recorder, "positions", None)
         return {} if positions is None else positions(todo_id)
+
+
+def mutate_all(aggregate: Any, domain_events: Iterable[Any]) -> Any:
+    """The library's ``project_aggregate`` without its per-event ``assert isinstance(event,
+    CanMutateProtocol)``: a check against a runtime protocol costs about 25 µs an event,
+    most of a command's CPU once a todo has a few dozen events. Our events all mutate."""
+    for domain_event in domain_events:
+        aggregate = domain_event.mutate(aggregate)
+    return aggregate
 
 
 def _require(access: Access, needed: Role) -> None:

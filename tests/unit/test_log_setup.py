@@ -87,15 +87,22 @@ def test_a_check_that_raises_fails_the_probe_with_its_reason() -> None:
 def test_a_json_line_inside_a_command_carries_its_trace_and_correlation_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from tododb.infra import tracing
 
     monkeypatch.setattr(log_setup, "_context_hooks", [])
-    tracing.setup_tracing("test")
     add_context_hook(tracing.log_context)
-    with (
-        tracing.tracer.start_as_current_span("request") as span,
-        tracing.command_context("order-7", "request:1"),
-    ):
-        fields = json.loads(JsonFormatter().format(record("stored")))
+    processor = SimpleSpanProcessor(InMemorySpanExporter())
+    tracing.add_processor(processor)  # spans are real only while something exports
+    try:
+        with (
+            tracing.tracer.start_as_current_span("request") as span,
+            tracing.command_context("order-7", "request:1"),
+        ):
+            fields = json.loads(JsonFormatter().format(record("stored")))
+    finally:
+        tracing.remove_processor(processor)
     assert fields["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert (fields["correlation_id"], fields["causation_id"]) == ("order-7", "request:1")

@@ -16,7 +16,14 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tododb.infra.tracing import CORRELATION_ID, command_context, new_id, tracer
+from tododb.infra.tracing import (
+    CORRELATION_ID,
+    CommandContext,
+    command_context,
+    exporting,
+    new_id,
+    tracer,
+)
 
 _propagator = TraceContextTextMapPropagator()
 _CORRELATION = b"x-correlation-id"
@@ -42,31 +49,43 @@ class RequestTracing:
         if correlation is not None and not CORRELATION_ID.fullmatch(correlation):
             await _reject(scope, send)
             return
-        parent = _propagator.extract(carrier)
         method = scope.get("method", "HTTP")
+        causation = f"request:{new_id()}"
+        if not exporting():  # no span to make: the caller's trace context, or a new one
+            with command_context(correlation, causation, incoming=carrier) as ctx:
+                await self.app(scope, receive, _answering(send, ctx, None, scope, method))
+            return
         with (
             tracer.start_as_current_span(
                 method,  # renamed to "METHOD /route/{template}" once routed: few distinct names
-                context=parent,
+                context=_propagator.extract(carrier),
                 kind=trace.SpanKind.SERVER,
                 attributes={"http.request.method": method},
             ) as span,
-            command_context(correlation, f"request:{new_id()}") as ctx,
+            command_context(correlation, causation) as ctx,
         ):
+            await self.app(scope, receive, _answering(send, ctx, span, scope, method))
 
-            async def answer(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    route = getattr(scope.get("route"), "path", None)
-                    if route:
-                        span.update_name(f"{method} {route}")
-                        span.set_attribute("http.route", route)
-                    span.set_attribute("http.response.status_code", message["status"])
-                    headers = list(message.get("headers", []))
-                    headers.append((_CORRELATION, ctx.correlation_id.encode()))
-                    message = {**message, "headers": headers}
-                await send(message)
 
-            await self.app(scope, receive, answer)
+def _answering(
+    send: Send, ctx: CommandContext, span: trace.Span | None, scope: Scope, method: str
+) -> Send:
+    """``send``, adding ``X-Correlation-Id`` to the response (and naming the span)."""
+
+    async def answer(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if span is not None:
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", message["status"])
+            headers = list(message.get("headers", []))
+            headers.append((_CORRELATION, ctx.correlation_id.encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return answer
 
 
 async def _reject(scope: Scope, send: Send) -> None:

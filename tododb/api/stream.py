@@ -161,7 +161,10 @@ class StreamHub:
             self._thread.join(timeout=5)
 
     def positions_changed(self, positions: Mapping[str, int]) -> None:
-        """From the position watcher's thread: the todos view may have moved."""
+        """From the position watcher's thread: the todos view may have moved. With no
+        stream open there is nothing to do (a first stream starts the hub's position)."""
+        if not self._subscribers:
+            return
         if self.position is None or positions.get("todos", 0) > self.position:
             self._wake.set()
 
@@ -214,7 +217,10 @@ class StreamHub:
         """Read what was committed since the last round and hand it out."""
         with self._lock:
             subscribers = [s for s in self._subscribers if not s.closed]
-        if self.position is None or not subscribers:
+        if not subscribers:
+            self.position = None  # idle: no reads until a stream opens
+            return
+        if self.position is None:
             self.position = self.queries.position(conn)
             return
         since = self.position

@@ -32,6 +32,7 @@ from tododb.eventstore.batches import Limits
 from tododb.eventstore.committer import Append, GroupCommitter
 from tododb.eventstore.subscription import WakingSubscription
 from tododb.eventstore.writer import BatchWriter
+from tododb.infra.postgres import pinged
 
 
 class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
@@ -49,7 +50,7 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         )
         self.sql_create_statements.extend(self.writer.statements)
         self.committer: GroupCommitter[Connection[DictRow]] = GroupCommitter(
-            self.datastore.get_connection,
+            lambda: pinged(self.datastore.get_connection),
             self.writer.write,
             Limits(),
             queue_timeout=self.datastore.pool.timeout,

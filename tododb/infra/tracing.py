@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -57,7 +58,12 @@ class CommandContext:
     tracestate: str | None = None
 
     def as_meta(self) -> dict[str, str]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        meta = {"correlation_id": self.correlation_id, "causation_id": self.causation_id}
+        if self.traceparent is not None:
+            meta["traceparent"] = self.traceparent
+        if self.tracestate is not None:
+            meta["tracestate"] = self.tracestate
+        return meta
 
     @classmethod
     def from_meta(cls, meta: Any) -> CommandContext | None:
@@ -98,13 +104,34 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return traceparent.split("-")[1] if traceparent else None
 
 
+def _valid_trace_headers(incoming: Mapping[str, str] | None) -> dict[str, str]:
+    """The caller's ``traceparent`` (and ``tracestate``) if well formed, else nothing."""
+    parent = (incoming or {}).get("traceparent", "")
+    if not _TRACEPARENT.fullmatch(parent) or parent.startswith("ff"):
+        return {}
+    state = (incoming or {}).get("tracestate")
+    if state and len(state) <= _TRACESTATE_MAX:
+        return {"traceparent": parent, "tracestate": state}
+    return {"traceparent": parent}
+
+
+def _new_traceparent() -> str:
+    """A new trace's context (W3C: random 128-bit trace id, 64-bit parent id, sampled)."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
 @contextmanager
 def command_context(
-    correlation_id: str | None = None, causation_id: str | None = None
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    *,
+    incoming: Mapping[str, str] | None = None,
 ) -> Iterator[CommandContext]:
-    """Run a command: events stored inside carry this context (and the current span's)."""
-    headers = current_trace_headers()
-    parent = headers.get("traceparent")
+    """Run a command: events stored inside carry this context: the current span's trace
+    when spans are exported, else the caller's (``incoming`` headers, if valid), else a
+    new trace."""
+    headers = current_trace_headers() if exporting() else _valid_trace_headers(incoming)
+    parent = headers.get("traceparent") or _new_traceparent()
     ctx = CommandContext(
         correlation_id=correlation_id or trace_id_of(parent) or new_id(),
         causation_id=causation_id or f"command:{new_id()}",
@@ -172,29 +199,53 @@ def exporting() -> bool:
 
 
 def setup_tracing(role: str, environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
-    """Install the process's tracer provider once (idempotent): OTLP when configured;
-    none at all with the standard ``OTEL_SDK_DISABLED=true`` (no spans, and events then
-    carry a trace context only when the request brought one)."""
-    global _provider
-    with _setup_lock:
-        if _provider is None and environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
-            _provider = TracerProvider(resource=Resource.create({"service.name": f"tododb-{role}"}))
-            _provider.add_span_processor(_fanout)
-            trace.set_tracer_provider(_provider)
-            if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-            ):
+    """Export spans with OTLP when the standard variables say so (idempotent).
+
+    Without an exporter no SDK is installed at all: spans would cost a tenth of a
+    request's time to go nowhere. Events still get a trace context (``command_context``
+    makes one, or continues the caller's), so a trace can be followed from them later.
+    ``OTEL_SDK_DISABLED=true`` turns exporting off even when an endpoint is set.
+    """
+    global _role
+    _role = role
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return _provider
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        provider = _install()
+        with _setup_lock:
+            if not _otlp:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter,
                 )
 
-                _fanout.targets.append(BatchSpanProcessor(OTLPSpanExporter()))
+                _otlp.append(BatchSpanProcessor(OTLPSpanExporter()))
+                _fanout.targets.append(_otlp[0])
+        return provider
+    return _provider
+
+
+_role = "process"
+_otlp: list[SpanProcessor] = []
+
+
+def _install() -> TracerProvider:
+    """The process's SDK tracer provider, made once, forwarding to ``_fanout``."""
+    global _provider
+    with _setup_lock:
+        if _provider is None:
+            _provider = TracerProvider(
+                resource=Resource.create({"service.name": f"tododb-{_role}"})
+            )
+            _provider.add_span_processor(_fanout)
+            trace.set_tracer_provider(_provider)
         return _provider
 
 
 def add_processor(processor: SpanProcessor) -> None:
     """Export spans through ``processor`` too (tests add an in-memory exporter)."""
-    setup_tracing("process")
+    _install()
     _fanout.targets.append(processor)
 
 
