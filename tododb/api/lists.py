@@ -21,8 +21,11 @@ from tododb.api.deps import Connect, ExpectedVersion, TodoApp
 from tododb.api.positions import PositionWatcher, WaitRefused, WaitSlots
 from tododb.api.problems import Problem
 from tododb.api.schemas import (
+    BAD_IF_MATCH,
+    CONFLICT,
     ETAG_HEADER,
     LOCATION_HEADER,
+    NOT_JSON,
     USER_ID_JSON_PATTERN,
     X_POSITION_HEADER,
     ListCreate,
@@ -39,12 +42,9 @@ from tododb.projections.queries import ReadModelQueries
 
 router = APIRouter(prefix="/v1/lists", tags=["lists"])
 
-_NOT_JSON = "The body is not JSON (not even UTF-8)."
 _BAD_BODY = "The body is not JSON, or a malformed If-Match (`bad-if-match`)."
-_BAD_IF_MATCH = "Malformed If-Match (`bad-if-match`)."
 _NOT_FOUND = "No such list, or the caller is not a member of it (`not-found`): the same answer."
 _OWNERS_ONLY = "Only the list's owners may do this (`forbidden`)."
-_CONFLICT = "Other writers kept winning the race for the next version (`conflict`)."
 _INBOX = "The caller's Inbox cannot be renamed, shared or deleted (`inbox-fixed`)."
 
 MemberId = Annotated[
@@ -91,7 +91,7 @@ def _no_content(result: ListResult) -> Response:
     response_model=ListOut,
     responses={
         **_changed(201, location=True),
-        **problem_responses(400, 401, 413, 422, 503, described={400: _NOT_JSON}),
+        **problem_responses(400, 401, 413, 422, 503, described={400: NOT_JSON}),
     },
 )
 def create_list(body: ListCreate, user: CurrentUser, app: TodoApp, response: Response) -> ListOut:
@@ -135,7 +135,7 @@ def get_list(list_id: UUID, user: CurrentUser, app: TodoApp, response: Response)
                 400: _BAD_BODY,
                 403: _OWNERS_ONLY,
                 404: _NOT_FOUND,
-                409: f"{_INBOX[:-1]}, or {_CONFLICT[0].lower()}{_CONFLICT[1:]}",
+                409: f"{_INBOX[:-1]}, or {CONFLICT[0].lower()}{CONFLICT[1:]}",
             },
         ),
     },
@@ -173,7 +173,7 @@ def rename_list(
                 403: _OWNERS_ONLY,
                 404: _NOT_FOUND,
                 409: "The list's last owner cannot be demoted (`last-owner`); "
-                f"{_INBOX[0].lower()}{_INBOX[1:-1]}; or {_CONFLICT[0].lower()}{_CONFLICT[1:]}",
+                f"{_INBOX[0].lower()}{_INBOX[1:-1]}; or {CONFLICT[0].lower()}{CONFLICT[1:]}",
                 422: "The request failed validation (`validation`), or the list has its "
                 "100 members.",
             },
@@ -211,11 +211,11 @@ def set_member(
             422,
             503,
             described={
-                400: _BAD_IF_MATCH,
+                400: BAD_IF_MATCH,
                 403: "Only owners may remove others; any member may remove themself (`forbidden`).",
                 404: _NOT_FOUND,
                 409: "The list's last owner cannot leave (`last-owner`); "
-                f"{_INBOX[0].lower()}{_INBOX[1:-1]}; or {_CONFLICT[0].lower()}{_CONFLICT[1:]}",
+                f"{_INBOX[0].lower()}{_INBOX[1:-1]}; or {CONFLICT[0].lower()}{CONFLICT[1:]}",
             },
         ),
     },
@@ -246,10 +246,10 @@ def remove_member(
             429,
             503,
             described={
-                400: _BAD_IF_MATCH,
+                400: BAD_IF_MATCH,
                 403: _OWNERS_ONLY,
                 404: _NOT_FOUND,
-                409: f"{_INBOX[:-1]}, or {_CONFLICT[0].lower()}{_CONFLICT[1:]}",
+                409: f"{_INBOX[:-1]}, or {CONFLICT[0].lower()}{CONFLICT[1:]}",
                 429: "Rate limit reached, or too many waits of this user (`too-many-waits`).",
                 503: "The todos read model did not catch up in time to find the list's todos "
                 "(`read-model-behind`), too many waits (`too-many-waits`), or the database "

@@ -454,6 +454,12 @@ PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
+BAD_IF_MATCH = "Malformed If-Match (`bad-if-match`)."
+NOT_JSON = "The body is not JSON (not even UTF-8)."
+CONFLICT = "Other writers kept winning the race for the next version (`conflict`)."
+"""Problem descriptions every command route shares (todos' and lists')."""
+
+
 def problem_responses(
     *statuses: int, described: Mapping[int, str] | None = None
 ) -> dict[int | str, dict[str, Any]]:

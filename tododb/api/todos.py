@@ -16,8 +16,11 @@ from tododb.api.auth import CurrentUser
 from tododb.api.deps import ExpectedVersion, TodoApp
 from tododb.api.problems import Problem
 from tododb.api.schemas import (
+    BAD_IF_MATCH,
+    CONFLICT,
     ETAG_HEADER,
     LOCATION_HEADER,
+    NOT_JSON,
     X_POSITION_HEADER,
     EventOut,
     StepCreate,
@@ -32,9 +35,6 @@ from tododb.application import CommandResult
 
 router = APIRouter(prefix="/v1/todos", tags=["todos"])
 
-_BAD_IF_MATCH = "Malformed If-Match (`bad-if-match`)."
-_BAD_BODY = "The body is not JSON (not even UTF-8)."
-_CONFLICT = "Other writers kept winning the race for the next version (`conflict`)."
 _FORBIDDEN = "The caller is a viewer of the todo's list: read only (`forbidden`)."
 _NOT_FOUND = (
     "No such todo, or the caller is not a member of its list (`not-found`): the same answer."
@@ -64,7 +64,7 @@ _COMMAND_PROBLEMS = problem_responses(
     412,
     422,
     503,
-    described={400: _BAD_IF_MATCH, 403: _FORBIDDEN, 404: _NOT_FOUND, 409: _CONFLICT},
+    described={400: BAD_IF_MATCH, 403: _FORBIDDEN, 404: _NOT_FOUND, 409: CONFLICT},
 )
 _BODY_COMMAND_PROBLEMS = problem_responses(
     400,
@@ -78,10 +78,10 @@ _BODY_COMMAND_PROBLEMS = problem_responses(
     422,
     503,
     described={
-        400: f"{_BAD_BODY[:-1]}, or a malformed If-Match (`bad-if-match`).",
+        400: f"{NOT_JSON[:-1]}, or a malformed If-Match (`bad-if-match`).",
         403: _FORBIDDEN,
         404: _NOT_FOUND,
-        409: _CONFLICT,
+        409: CONFLICT,
     },
 )
 
@@ -119,7 +119,7 @@ def _answer(response: Response, result: CommandResult) -> TodoOut:
             422,
             503,
             described={
-                400: _BAD_BODY,
+                400: NOT_JSON,
                 403: "The caller is a viewer of `list_id` (`forbidden`).",
                 404: "No such list, or the caller is not a member (`not-found`).",
                 422: "The request failed validation (`validation`: e.g. an invalid RRULE, "
@@ -228,7 +228,7 @@ def reopen_todo(
             412,
             422,
             503,
-            described={400: _BAD_IF_MATCH, 403: _FORBIDDEN, 404: _NOT_FOUND, 409: _CONFLICT},
+            described={400: BAD_IF_MATCH, 403: _FORBIDDEN, 404: _NOT_FOUND, 409: CONFLICT},
         ),
     },
 )
@@ -262,10 +262,10 @@ def _no_content(result: CommandResult) -> Response:
             422,
             503,
             described={
-                400: f"{_BAD_BODY[:-1]}, or a malformed If-Match (`bad-if-match`).",
+                400: f"{NOT_JSON[:-1]}, or a malformed If-Match (`bad-if-match`).",
                 403: "The caller is a viewer of the todo's list or of `list_id` (`forbidden`).",
                 404: "No such todo or list, or the caller is not a member (`not-found`).",
-                409: _CONFLICT,
+                409: CONFLICT,
                 422: "The request failed validation (`validation`): `after` or `before` is "
                 "not a todo of the target list, or they are out of order.",
             },

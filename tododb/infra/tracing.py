@@ -81,13 +81,6 @@ class CommandContext:
             state if isinstance(state, str) and len(state) <= _TRACESTATE_MAX else None,
         )
 
-    def trace_context(self) -> otel_context.Context:
-        """The OpenTelemetry context to start a child span in (empty without a trace)."""
-        carrier = {"traceparent": self.traceparent} if self.traceparent else {}
-        if self.traceparent and self.tracestate:
-            carrier["tracestate"] = self.tracestate
-        return _propagator.extract(carrier)
-
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -143,10 +136,6 @@ def command_context(
         yield ctx
     finally:
         _current.reset(token)
-
-
-def current_command() -> CommandContext | None:
-    return _current.get()
 
 
 def stamp(events: Any) -> None:
@@ -290,15 +279,6 @@ def webhook_span(
         attributes={"tododb.webhook.attempt": attempt},
     ):
         yield current_trace_headers()
-
-
-@contextmanager
-def event_span(name: str, domain_event: Any, **attributes: str | int) -> Iterator[None]:
-    """A span in the trace of the command that stored ``domain_event`` (its ``_meta``)."""
-    context = event_context(domain_event)
-    parent = _parent(context.traceparent, context.tracestate) if context else None
-    with tracer.start_as_current_span(name, context=parent, attributes=attributes):
-        yield
 
 
 def publish_spans(traceparents: list[str | None], topic: str, started_ns: int) -> None:
