@@ -99,7 +99,11 @@ def test_dev_starts_everything_serves_requests_and_stops_cleanly_on_ctrl_c(
         try:
             wait_until(ready, timeout=60, what="the dev API to be ready")
         except AssertionError as e:
-            raise AssertionError(f"{e}; the log's tail:\n{''.join(lines[-120:])}") from None
+            # A child's traceback can be longer than the tail: its error lines come first.
+            errors = [ln for ln in lines if re.search(r"Error|Exception|exited", ln)]
+            raise AssertionError(
+                f"{e}; errors:\n{''.join(errors[-40:])}\nthe log's tail:\n{''.join(lines[-80:])}"
+            ) from None
         auth = {"Authorization": f"Bearer {token}"}
         created = httpx.post(f"{base}/v1/todos", json={"title": "dev mode"}, headers=auth)
         assert created.status_code == 201

@@ -15,6 +15,8 @@ from fastapi.testclient import TestClient
 
 from tododb.application import TodoApplication
 from tododb.domain import Todo
+from tododb.entrypoints.bootstrap import build_application
+from tododb.infra.settings import Settings
 
 
 def test_update_delete_and_truncate_are_rejected_by_the_database(
@@ -154,3 +156,36 @@ def test_database_loss_is_503_not_500(
         assert r.status_code == 503
         assert r.headers["content-type"] == "application/problem+json"
         assert r.headers["Retry-After"]
+
+
+def test_many_processes_starting_at_once_on_an_empty_database_all_set_up_the_store(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    """`todo dev` starts the API and every worker together, and each creates the schema.
+    Two concurrent CREATE TYPE of one name fail with a unique violation (not the
+    DuplicateObject the library expects), which once killed the API at start-up."""
+    starters = 8
+    barrier = threading.Barrier(starters)
+    apps: list[TodoApplication] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            apps.append(build_application(settings, fresh_database_url))
+        except BaseException as e:  # noqa: BLE001 - collected, then asserted
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(starters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert len(apps) == starters
+        result = apps[0].create_todo("u", title="stored once the schema is there")
+        assert apps[-1].get_todo("u", result.todo.id).title == "stored once the schema is there"
+    finally:
+        for app in apps:
+            app.close()

@@ -35,6 +35,9 @@ from tododb.eventstore.writer import BatchWriter
 from tododb.infra.postgres import pinged
 
 
+DDL_LOCK = SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))")
+
+
 class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
     """``PostgresApplicationRecorder`` plus triggers that reject changes to history, and
     appends written by the process's group committer."""
@@ -131,11 +134,32 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
             ),
         ]
 
-    def _create_table(self, curs: Any) -> None:
-        # Serialise schema set-up: several processes may start at once, and concurrent
-        # CREATE OR REPLACE FUNCTION on one function fails with "tuple concurrently updated".
-        curs.execute(SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))"))
-        super()._create_table(curs)
+    def create_table(self) -> None:
+        """Schema set-up that processes starting at once on an empty database take turns at.
+
+        The library creates the stored-event type in a transaction of its own and counts on
+        DuplicateObject if it exists; but a CREATE TYPE racing another of the same name fails
+        with a unique violation instead (it once killed the API as `todo dev` started). Here
+        the type, the table, its functions and triggers are made in one transaction under one
+        lock: concurrent CREATE OR REPLACE FUNCTION fails too ("tuple concurrently updated").
+        """
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(DDL_LOCK)
+            # pg_type read with this statement's snapshot: to_regtype() would consult a
+            # catalog cache that the advisory lock does not refresh, and miss the type.
+            curs.execute(
+                SQL(
+                    "SELECT NOT EXISTS (SELECT FROM pg_type t JOIN pg_namespace n "
+                    "ON n.oid = t.typnamespace WHERE n.nspname = %s AND t.typname = %s) AS missing"
+                ),
+                (self.datastore.schema, self.stored_event_type_name),
+            )
+            row = curs.fetchone()
+            for statement in self.sql_create_statements:
+                is_type = "CREATE TYPE" in statement.as_string()
+                if not is_type or (row and row["missing"]):
+                    curs.execute(statement, prepare=False)
+        self.datastore.register_type_adapters()
 
     def select_partition(
         self, after: int, until: int, partitions: int, partition: int, limit: int
