@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_database, console, rate
+from bench.common import NullExporter, bench_database, console, rate
 from tododb.application import TodoApplication
 from tododb.domain import Todo
 from tododb.entrypoints.bootstrap import build_application
@@ -165,15 +165,8 @@ def main() -> None:
         out.print(table)
 
 
-class _NullExporter(SpanExporter):
-    """Spans batched and handed over like OTLP's, then dropped: the SDK's cost alone."""
-
-    def export(self, spans: Any) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
 def app_commands_traced(url: str, ops: int, writers: int) -> float:
-    tracing.add_processor(BatchSpanProcessor(_NullExporter()))
+    tracing.add_processor(BatchSpanProcessor(NullExporter()))
     return app_commands(url, ops, writers)
 
 

@@ -49,9 +49,13 @@ class DisposablePostgres:
 
 
 class CommitDropper:
-    """A TCP proxy to a PostgreSQL Unix socket that, once armed, forwards the next COMMIT
+    """A TCP proxy to a PostgreSQL Unix socket that, once armed, forwards the next commit
     and then cuts the client's connection without passing on the server's answer: the
-    transaction is committed, the client sees a dropped connection."""
+    transaction is committed, the client sees a dropped connection.
+
+    A commit is a COMMIT, or the event store's append: one statement that is its own
+    transaction (its text is sent while psycopg has yet to prepare it, as on the fresh
+    connections of the tests that use this)."""
 
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
@@ -84,7 +88,7 @@ class CommitDropper:
     def _upstream(self, client: socket.socket, server: socket.socket, cut: Event) -> None:
         """Client → server; marks the connection to cut once an armed COMMIT went by."""
         while data := _recv(client):
-            if self.armed.is_set() and b"COMMIT" in data:
+            if self.armed.is_set() and (b"COMMIT" in data or b"_append" in data):
                 self.armed.clear()
                 cut.set()
             try:

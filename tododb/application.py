@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import RecordConflictError
 
@@ -528,9 +528,20 @@ class TodoApplication(Application[UUID]):
         for obj in objs:
             stamp(getattr(obj, "pending_events", ()))
         if not exporting():
-            return super().save(*objs, **kwargs)
+            return self._save_collected(objs, kwargs)
         with tracer.start_as_current_span("event_store.append"):
-            return super().save(*objs, **kwargs)
+            return self._save_collected(objs, kwargs)
+
+    def _save_collected(self, objs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        """The library's ``save``, step for step, but collecting with ``Collected``: its
+        runtime-protocol checks cost ~20 µs an aggregate, a tenth of a command's CPU."""
+        processing_event = Collected()
+        processing_event.collect_events(*objs, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # the library's deprecated hook, kept
+        return recordings
 
     def head_position(self) -> int:
         return self.recorder.max_notification_id() or 0
@@ -810,6 +821,22 @@ class TodoApplication(Application[UUID]):
     def _recorder_positions(self, todo_id: UUID) -> dict[int, int]:
         positions = getattr(self.recorder, "positions", None)
         return {} if positions is None else positions(todo_id)
+
+
+class Collected(ProcessingEvent[UUID]):
+    """The library's ``ProcessingEvent``, telling aggregates from events by class rather
+    than by runtime protocol (every aggregate here is an ``Aggregate``)."""
+
+    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+        for obj in objs:
+            if obj is None:
+                continue
+            if not isinstance(obj, Aggregate):
+                super().collect_events(obj)
+                continue
+            self.events.extend(obj.collect_events())
+            self.aggregates[obj.id] = obj
+        self.saved_kwargs.update(kwargs)
 
 
 def mutate_all(aggregate: Any, domain_events: Iterable[Any]) -> Any:

@@ -173,7 +173,7 @@ def test_many_processes_starting_at_once_on_an_empty_database_all_set_up_the_sto
         barrier.wait()
         try:
             apps.append(build_application(settings, fresh_database_url))
-        except BaseException as e:  # noqa: BLE001 - collected, then asserted
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=start) for _ in range(starters)]

@@ -32,8 +32,6 @@ from tododb.eventstore.batches import Limits
 from tododb.eventstore.committer import Append, GroupCommitter
 from tododb.eventstore.subscription import WakingSubscription
 from tododb.eventstore.writer import BatchWriter
-from tododb.infra.postgres import pinged
-
 
 DDL_LOCK = SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))")
 
@@ -53,7 +51,7 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         )
         self.sql_create_statements.extend(self.writer.statements)
         self.committer: GroupCommitter[Connection[DictRow]] = GroupCommitter(
-            lambda: pinged(self.datastore.get_connection),
+            self.datastore.get_connection,
             self.writer.write,
             Limits(),
             queue_timeout=self.datastore.pool.timeout,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -52,31 +51,9 @@ class PingWhenIdle:
     def __call__(self, conn: psycopg.Connection[Any]) -> None:
         now = time.monotonic()
         last = self._lent.get(conn)
-        if _always_ping.get() or last is None or now - last > self.idle_seconds:
+        if last is None or now - last > self.idle_seconds:
             ConnectionPool.check_connection(conn)
         self._lent[conn] = now
-
-
-_always_ping: ContextVar[bool] = ContextVar("tododb_always_ping", default=False)
-
-
-@contextmanager
-def pinged(
-    connect: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
-) -> Iterator[psycopg.Connection[Any]]:
-    """A connection from ``connect`` that is pinged however recently it was used.
-
-    For the group committer: the time it takes to get its connection is the window in
-    which more commands join the batch, and the ping is most of it. Without the ping,
-    batches at 16 writers were smaller and appends about a fifth slower (bench/append.py).
-    """
-    with ExitStack() as stack:
-        token = _always_ping.set(True)
-        try:
-            conn = stack.enter_context(connect())
-        finally:
-            _always_ping.reset(token)
-        yield conn
 
 
 def ping_when_idle(pool: ConnectionPool[Any]) -> None:
