@@ -148,7 +148,7 @@ def pipeline_status(_: AdminUser, request: Request) -> PipelineStatusOut:
     return PipelineStatusOut(**read())
 
 
-def get_projections_admin(request: Request) -> ProjectionsAdmin:
+async def get_projections_admin(request: Request) -> ProjectionsAdmin:
     admin: ProjectionsAdmin = request.app.state.services.projections
     return admin
 

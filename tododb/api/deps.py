@@ -38,29 +38,31 @@ IF_MATCH_PATTERN = rf'^\s*(\*|"({_at_most(VERSION_MAX)})")\s*$'
 of at most VERSION_MAX."""
 
 
-def get_todo_app(request: Request) -> TodoApplication:
+async def get_todo_app(request: Request) -> TodoApplication:
+    """Async, as every dependency that neither blocks nor waits: FastAPI runs a sync
+    dependency on a pool thread, a hop that costs more than the dependency."""
     app: TodoApplication = request.app.state.services.todo_app
     return app
 
 
-def get_connect(request: Request) -> ConnectionFactory:
+async def get_connect(request: Request) -> ConnectionFactory:
     """Lends pooled connections for the read models' queries (taken only when needed,
     never held while a request waits for a position)."""
     connect: ConnectionFactory = request.app.state.services.connect
     return connect
 
 
-def get_notifications(request: Request) -> NotificationsStore:
+async def get_notifications(request: Request) -> NotificationsStore:
     store: NotificationsStore = request.app.state.services.notifications
     return store
 
 
-def get_analytics(request: Request) -> AnalyticsStore:
+async def get_analytics(request: Request) -> AnalyticsStore:
     store: AnalyticsStore = request.app.state.services.analytics
     return store
 
 
-def expected_version(
+async def expected_version(
     if_match: Annotated[
         # Absent is "any version", and a header is never null: the document says string.
         str | SkipJsonSchema[None],
@@ -72,8 +74,13 @@ def expected_version(
         ),
     ] = None,
 ) -> int | None:
-    """The version a command expects. ``"0"`` is well formed but never current (a 412),
-    anything else malformed or out of range is a 400, never a 500."""
+    """The version a command expects (``parse_if_match``)."""
+    return parse_if_match(if_match)
+
+
+def parse_if_match(if_match: str | None) -> int | None:
+    """The version in an If-Match header. ``"0"`` is well formed but never current (a
+    412), anything else malformed or out of range is a 400, never a 500."""
     if if_match is None or if_match.strip() == "*":
         return None
     match = _ETAG.fullmatch(if_match)

@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
-from tododb.api.auth import bearer, current_user
+from tododb.api.auth import authenticate, bearer
 from tododb.api.problems import Problem
 from tododb.infra.settings import Settings
 
@@ -141,7 +141,7 @@ async def rate_limit(
     if counted is None:
         return
     try:
-        user = current_user(request, credentials)
+        user = authenticate(request, credentials)
     except Problem as e:
         if e.status == 401:
             return
