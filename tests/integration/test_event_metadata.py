@@ -7,9 +7,13 @@ import re
 from uuid import UUID
 
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from tests.conftest import PROBLEM
 from tododb.application import TodoApplication
+from tododb.infra import tracing
 from tododb.relay.envelope import to_cloudevent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -83,3 +87,25 @@ def test_events_stored_before_metadata_show_none(
     todo_app.recorder.insert_events([todo_app.mapper.to_stored_event(event)])
     (shown,) = client.get(f"/v1/todos/{todo.id}/events", headers=headers).json()
     assert shown["metadata"] is None
+
+
+def test_a_traced_command_is_one_server_span_and_one_append_span(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    """FastAPI traces by itself once a tracer provider is set: a second server span and
+    one per dependency, endpoint and serialisation (a quarter of a command's CPU). It is
+    off; a command is ``RequestTracing``'s span and the event store's append."""
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    tracing.add_processor(processor)
+    try:
+        sent = {**headers, "traceparent": TRACEPARENT}
+        created = client.post("/v1/todos", json={"title": "Spans"}, headers=sent)
+        assert created.status_code == 201, created.text
+    finally:
+        tracing.remove_processor(processor)
+    spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == int(TRACE_ID, 16)]
+    assert sorted((s.name, s.kind) for s in spans) == [
+        ("POST /v1/todos", SpanKind.SERVER),
+        ("event_store.append", SpanKind.INTERNAL),
+    ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from tododb.api import (
     admin,
@@ -47,6 +48,18 @@ last event. Errors are RFC 9457 `application/problem+json`.
 RATE_LIMITED = problem_responses(
     429, described={429: "Rate limit reached (per user); see Retry-After."}
 )
+
+NO_NATIVE_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "operation_spans": False,
+    "metrics": False,
+    "logs": False,
+}
+"""FastAPI's own OpenTelemetry, off: it turns itself on once a tracer provider is set,
+and then adds a second server span beside ``RequestTracing``'s and a span for every
+dependency, endpoint and serialisation (a quarter of a command's CPU in
+bench/http_api.py --tracing). Requests are traced by ``RequestTracing``, and measured by
+the Prometheus metrics."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,13 @@ def create_app(
             if close_on_shutdown:
                 services.todo_app.close()
 
-    app = FastAPI(title="tododb", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="tododb",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
+    )
     app.state.services = services
     app.state.read_wait_seconds = settings.read_wait_seconds
     app.state.read_waits = WaitSlots(settings.read_wait_max, settings.read_wait_max_per_user)
