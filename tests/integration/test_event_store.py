@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from uuid import uuid4
 import psycopg
 import pytest
 from eventsourcing.persistence import RecordConflictError
+from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.utils import get_topic
 from fastapi.testclient import TestClient
 
@@ -189,3 +191,20 @@ def test_many_processes_starting_at_once_on_an_empty_database_all_set_up_the_sto
     finally:
         for app in apps:
             app.close()
+
+
+def test_select_events_answers_as_the_librarys_query_in_every_shape(
+    todo_app: TodoApplication,
+) -> None:
+    """The recorder renders its query once per shape of the arguments; every shape reads
+    what the library's own (composed per call) reads."""
+    todo_id = todo_app.create_todo("shapes", title="v1").todo.id
+    for i in range(2, 6):
+        todo_app.update_todo("shapes", todo_id, {"title": f"v{i}"})
+    recorder = todo_app.recorder
+    library = PostgresAggregateRecorder.select_events.__get__(recorder)
+    for gt, lte, desc, limit in itertools.product((None, 2), (None, 4), (False, True), (None, 2)):
+        ours = recorder.select_events(todo_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        theirs = library(todo_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        assert ours == theirs, (gt, lte, desc, limit)
+        assert ours, (gt, lte, desc, limit)
