@@ -5,8 +5,8 @@
 For each worker count: `todo serve --workers N` (a subprocess on a scratch embedded
 database, ``TODO_RATE_LIMIT_ENABLED=false``), and ``bare_app`` below, which parses the
 same JSON body into a model of the same fields and answers 201, nothing else, served by
-uvicorn with the same worker count and options (and, like the API's handlers, a sync
-endpoint: run on the same thread pool). Both get a warm-up, then the same load: Debian's
+uvicorn with the same worker count and options, its collector tuned the same way (and,
+like the API's handlers, a sync endpoint: run on the same thread pool). Both get a warm-up, then the same load: Debian's
 ``wrk`` (one thread, a Lua script for the POST with its JSON body and Authorization
 header) or, without wrk, an async httpx client in a process of its own (a Python load
 generator: on 2 cores it saturates before the servers do, so its ratios say little;
@@ -53,6 +53,7 @@ from bench.common import bench_database, console, pct
 from tododb.api.auth import issue_token
 from tododb.entrypoints.cli import tcp_listener
 from tododb.entrypoints.supervisor import todo_command
+from tododb.infra.gc_tuning import settle_after_startup
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-http-" + "x" * 32
@@ -85,6 +86,13 @@ def bare_create(body: BareTodo) -> dict[str, Any]:
 @bare_app.get("/readyz")
 def bare_ready() -> dict[str, str]:
     return {"status": "ok"}
+
+
+def bare_factory() -> FastAPI:
+    """``bare_app`` with the collector tuned as `todo serve` tunes its own (``gc_tuning``):
+    a runtime setting any app could use, so the ratio compares the code, not it."""
+    settle_after_startup()
+    return bare_app
 
 
 @dataclass(frozen=True)
@@ -192,9 +200,9 @@ def serve_bare(port: int, workers: int) -> None:
         "host": "127.0.0.1", "port": port, "log_level": "info", "timeout_graceful_shutdown": 5,
     }  # fmt: skip
     if workers == 1:
-        uvicorn.run("bench.http_api:bare_app", **options)
+        uvicorn.run("bench.http_api:bare_factory", factory=True, **options)
         return
-    config = uvicorn.Config("bench.http_api:bare_app", workers=workers, **options)
+    config = uvicorn.Config("bench.http_api:bare_factory", factory=True, workers=workers, **options)
     Multiprocess(config, sockets=[tcp_listener(config)]).run()
 
 

@@ -21,6 +21,7 @@ from tododb.consumers.notifications.store import NotificationsStore
 from tododb.entrypoints.database_url import resolve_database_url
 from tododb.entrypoints.log_setup import configure_logging
 from tododb.eventstore import AppendOnlyApplicationRecorder, TodoPostgresFactory
+from tododb.infra.gc_tuning import settle_after_startup
 from tododb.infra.postgres import ConnectionFactory, eventsourcing_env
 from tododb.infra.settings import Settings, get_settings
 from tododb.monitoring.pipeline import pipeline_status, this_api
@@ -119,4 +120,6 @@ def api_from_environment() -> FastAPI:
     """
     configure_logging("api")
     settings = get_settings()
-    return build_api(settings, resolve_database_url(settings, embedded_ok=False))
+    api = build_api(settings, resolve_database_url(settings, embedded_ok=False))
+    settle_after_startup()
+    return api

@@ -53,6 +53,7 @@ def serve(
     import uvicorn
 
     from tododb.entrypoints.bootstrap import api_from_environment, build_api
+    from tododb.infra.gc_tuning import settle_after_startup
 
     configure_logging("api")
     settings = get_settings()
@@ -68,7 +69,9 @@ def serve(
     if log_config is not None:  # TODO_LOG_FORMAT=json: uvicorn's lines in JSON too
         options["log_config"] = log_config
     if count == 1:
-        uvicorn.run(build_api(settings, database_url), **options)
+        api = build_api(settings, database_url)
+        settle_after_startup()
+        uvicorn.run(api, **options)
         return
     _prepare_schemas_once(settings, database_url)
     _serve_workers(
