@@ -153,6 +153,21 @@ async def armed(database_url: str, todo_id: str, at: datetime | None) -> None:
     await eventually(check, what=f"{todo_id} armed for {at}")
 
 
+async def members_known(database_url: str, list_id: str, members: set[str]) -> None:
+    """Wait until the consumer has the list's members: its events travel on the list's key,
+    apart from its todos', so they may come after a reminder is armed (under load, late
+    enough for the reminder to fire to whoever it knew of then)."""
+
+    def check() -> bool:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT user_id FROM notifications.list_members WHERE list_id = %s", (list_id,)
+            ).fetchall()
+        return {r[0] for r in rows} == members
+
+    await eventually(check, what=f"the members of {list_id}")
+
+
 async def looked(clock: FakeClock, *services: NotificationsService) -> None:
     """Wait until every scheduler has fired what is due at the clock's time."""
     await eventually(
@@ -200,6 +215,7 @@ async def test_fires_at_its_time_for_the_assignee_else_every_member_and_their_we
         everyone = world.create(carol, title="Water the plants", list_id=home, remind_at=iso(at))
         await armed(database_url, assigned, at)
         await armed(database_url, everyone, at)
+        await members_known(database_url, home, {alice, bob, carol})
 
         clock.move_to(at - timedelta(seconds=1), service)
         await looked(clock, service)
@@ -360,6 +376,7 @@ async def test_two_services_at_once_fire_each_reminder_once(
         ]
         for todo in todos:
             await armed(database_url, todo, at)
+        await members_known(database_url, home, {frank, grace})
         clock.move_to(at, one, two)  # both wake for the same due rows
 
         def all_reminded() -> bool:
