@@ -6,12 +6,12 @@ For each worker count: `todo serve --workers N` (a subprocess on a scratch embed
 database, ``TODO_RATE_LIMIT_ENABLED=false``), and ``bare_app`` below, which parses the
 same JSON body into a model of the same fields and answers 201, nothing else, served by
 uvicorn with the same worker count and options, its collector tuned the same way (and,
-like the API's handlers, a sync endpoint: run on the same thread pool). Both get a warm-up, then the same load: Debian's
-``wrk`` (one thread, a Lua script for the POST with its JSON body and Authorization
-header) or, without wrk, an async httpx client in a process of its own (a Python load
-generator: on 2 cores it saturates before the servers do, so its ratios say little;
-install wrk: ``apt-get install wrk``). Closed loop:
-each connection sends its next request when the last one is answered. Prints req/s,
+like the API's handlers, a sync endpoint: run on the same thread pool). Both get a
+warm-up, then the same load: Debian's ``wrk`` (one thread, a Lua script for the POST
+with its JSON body and Authorization header) or, without wrk, an async httpx client in a
+process of its own (a Python load generator: on 2 cores it saturates before the servers
+do, so its ratios say little; install wrk: ``apt-get install wrk``). Closed loop: each
+connection sends its next request when the last one is answered. Prints req/s,
 p50/p99/max and todo serve ÷ bare. Goal (issue #10): >= 0.5x the bare app with the same
 worker count, p99 < 50 ms at 32 connections.
 """
