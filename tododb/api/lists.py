@@ -21,6 +21,7 @@ from tododb.api.deps import Connect, ExpectedVersion, TodoApp
 from tododb.api.positions import PositionWatcher, WaitRefused, WaitSlots
 from tododb.api.problems import Problem
 from tododb.api.schemas import (
+    BAD_BODY,
     BAD_IF_MATCH,
     CONFLICT,
     ETAG_HEADER,
@@ -42,7 +43,6 @@ from tododb.projections.queries import ReadModelQueries
 
 router = APIRouter(prefix="/v1/lists", tags=["lists"])
 
-_BAD_BODY = "The body is not JSON, or a malformed If-Match (`bad-if-match`)."
 _NOT_FOUND = "No such list, or the caller is not a member of it (`not-found`): the same answer."
 _OWNERS_ONLY = "Only the list's owners may do this (`forbidden`)."
 _INBOX = "The caller's Inbox cannot be renamed, shared or deleted (`inbox-fixed`)."
@@ -132,7 +132,7 @@ def get_list(list_id: UUID, user: CurrentUser, app: TodoApp, response: Response)
             422,
             503,
             described={
-                400: _BAD_BODY,
+                400: BAD_BODY,
                 403: _OWNERS_ONLY,
                 404: _NOT_FOUND,
                 409: f"{_INBOX[:-1]}, or {CONFLICT[0].lower()}{CONFLICT[1:]}",
@@ -169,7 +169,7 @@ def rename_list(
             422,
             503,
             described={
-                400: _BAD_BODY,
+                400: BAD_BODY,
                 403: _OWNERS_ONLY,
                 404: _NOT_FOUND,
                 409: "The list's last owner cannot be demoted (`last-owner`); "

@@ -60,6 +60,12 @@ SEARCH_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]*$"
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
+_BAD_POSITION_OR_CURSOR = (
+    "Malformed X-Min-Position (`bad-min-position`), or a cursor issued for another query "
+    "(`invalid-cursor`)."
+)
+"""The 400 of the paged queries (todos and lists)."""
+
 _WAITS = {
     400: "Malformed X-Min-Position (`bad-min-position`).",
     429: "Rate limit reached, or too many X-Min-Position reads of this user waiting at "
@@ -217,8 +223,7 @@ def _queries(request: Request) -> ReadModelQueries:
             503,
             described={
                 **_WAITS,
-                400: "Malformed X-Min-Position (`bad-min-position`), or a cursor issued for "
-                "another query (`invalid-cursor`).",
+                400: _BAD_POSITION_OR_CURSOR,
                 422: "Invalid parameters (`validation`), e.g. `sort=position` without "
                 "`list_id`.",
             },
@@ -441,8 +446,7 @@ def _read_stats(
             503,
             described={
                 **_WAITS,
-                400: "Malformed X-Min-Position (`bad-min-position`), or a cursor issued for "
-                "another query (`invalid-cursor`).",
+                400: _BAD_POSITION_OR_CURSOR,
             },
         ),
     },

@@ -456,6 +456,7 @@ PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
 
 BAD_IF_MATCH = "Malformed If-Match (`bad-if-match`)."
 NOT_JSON = "The body is not JSON (not even UTF-8)."
+BAD_BODY = f"{NOT_JSON[:-1]}, or a malformed If-Match (`bad-if-match`)."
 CONFLICT = "Other writers kept winning the race for the next version (`conflict`)."
 """Problem descriptions every command route shares (todos' and lists')."""
 

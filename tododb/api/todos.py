@@ -16,6 +16,7 @@ from tododb.api.auth import CurrentUser
 from tododb.api.deps import ExpectedVersion, TodoApp
 from tododb.api.problems import Problem
 from tododb.api.schemas import (
+    BAD_BODY,
     BAD_IF_MATCH,
     CONFLICT,
     ETAG_HEADER,
@@ -78,7 +79,7 @@ _BODY_COMMAND_PROBLEMS = problem_responses(
     422,
     503,
     described={
-        400: f"{NOT_JSON[:-1]}, or a malformed If-Match (`bad-if-match`).",
+        400: BAD_BODY,
         403: _FORBIDDEN,
         404: _NOT_FOUND,
         409: CONFLICT,
@@ -271,7 +272,7 @@ def _no_content(result: CommandResult) -> Response:
             422,
             503,
             described={
-                400: f"{NOT_JSON[:-1]}, or a malformed If-Match (`bad-if-match`).",
+                400: BAD_BODY,
                 403: "The caller is a viewer of the todo's list or of `list_id` (`forbidden`).",
                 404: "No such todo or list, or the caller is not a member (`not-found`).",
                 409: CONFLICT,
