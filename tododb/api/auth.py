@@ -75,11 +75,17 @@ def _user_id(sub: object) -> str:
 
 
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User:
-    """The caller, from the bearer token; 401 without a valid one."""
+    """The caller, from the bearer token; 401 without a valid one. Decoded once per
+    request: the rate limit and the route both ask (kept on ``request.state``)."""
+    known: User | None = getattr(request.state, "user", None)
+    if known is not None:
+        return known
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("a bearer token is required")
     state = request.app.state
-    return decode_token(state.jwt_secret, credentials.credentials, leeway=state.jwt_leeway)
+    user = decode_token(state.jwt_secret, credentials.credentials, leeway=state.jwt_leeway)
+    request.state.user = user
+    return user
 
 
 async def current_user(
