@@ -48,6 +48,7 @@ from tododb.projections.queries import (
     ListPage,
     Page,
     ReadModelQueries,
+    SortKey,
     TodoFilter,
     TodoRow,
 )
@@ -269,16 +270,7 @@ async def list_todos(
         ),
     ] = None,
     sort: Annotated[
-        Literal[
-            "created_at",
-            "-created_at",
-            "due",
-            "-due",
-            "updated_at",
-            "-updated_at",
-            "position",
-            "-position",
-        ],
+        SortKey,
         Query(description="`position` is the list's own order: it needs `list_id`."),
     ] = "created_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -32,12 +32,9 @@ from tododb.api.problems import Problem
 from tododb.api.queries import _WAITS, MinPosition, _await_position, todo_out
 from tododb.api.schemas import X_POSITION_HEADER, MemberOut, TodoOut, problem_responses
 from tododb.infra.postgres import ConnectionFactory
-from tododb.projections.queries import Change, ChangeQueries, ListState, changes_for
+from tododb.projections.queries import Change, ChangeKey, ChangeQueries, ListState, changes_for
 
 router = APIRouter(prefix="/v1", tags=["sync"])
-
-SortKey = tuple[int, int, str]
-"""(position, 0 for a list / 1 for a todo, id): the order of a delta's items."""
 
 TOKEN_VERSION = 1
 _SIGNING_CONTEXT = b"tododb-sync-token:"
@@ -234,7 +231,7 @@ def read_delta(
     connect: ConnectionFactory,
     user: str,
     since: int,
-    after: SortKey | None,
+    after: ChangeKey | None,
     limit: int,
 ) -> Computed:
     """A page of the changes after ``since`` (past ``after``), in one snapshot."""
@@ -310,7 +307,7 @@ def _snapshot_items(
             key = (rows[-1].order_key, rows[-1].id)
 
 
-def _parse_delta_cursor(cursor: list[Any] | None) -> SortKey | None:
+def _parse_delta_cursor(cursor: list[Any] | None) -> ChangeKey | None:
     if cursor is None:
         return None
     position, rank, key = cursor
@@ -411,7 +408,7 @@ async def _delta(
     connect: ConnectionFactory,
     queries: ChangeQueries,
     state: SyncState,
-    after: SortKey | None,
+    after: ChangeKey | None,
     limit: int,
 ) -> Computed:
     """The page; a token ahead of the read model waits for it (as X-Min-Position), unless

@@ -42,7 +42,7 @@ from tododb.projections.registry import read_position
 from tododb.projections.rows import TodoRow
 
 LIST_RANK, TODO_RANK = 0, 1
-SortKey = tuple[int, int, str]
+ChangeKey = tuple[int, int, str]
 """(position, 0 for a list / 1 for a todo, id): the order changes are applied in."""
 
 
@@ -98,7 +98,7 @@ class Change:
         return self.list_state is None and self.todo is None
 
     @property
-    def key(self) -> SortKey:
+    def key(self) -> ChangeKey:
         return (self.position, LIST_RANK if self.kind == "list" else TODO_RANK, str(self.id))
 
 

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 import psycopg
@@ -24,6 +24,7 @@ from tododb.domain import INBOX_NAME, Role, inbox_id
 from tododb.infra.postgres import ConnectionFactory
 from tododb.projections.changes import (
     Change,
+    ChangeKey,
     ChangeQueries,
     ListState,
     changes_for,
@@ -38,6 +39,7 @@ __all__ = [
     "KINDS",
     "VIEWS_CHANNEL",
     "Change",
+    "ChangeKey",
     "ChangeQueries",
     "InvalidCursor",
     "ListEntry",
@@ -56,16 +58,7 @@ __all__ = [
 SortKey = Literal[
     "created_at", "-created_at", "due", "-due", "updated_at", "-updated_at", "position", "-position"
 ]
-SORT_KEYS: tuple[str, ...] = (
-    "created_at",
-    "-created_at",
-    "due",
-    "-due",
-    "updated_at",
-    "-updated_at",
-    "position",
-    "-position",
-)
+SORT_KEYS: tuple[str, ...] = get_args(SortKey)
 LIST_SORTS: tuple[str, ...] = ("position", "-position")
 """Sorts that only mean something within one list: they need ``list_id``."""
 INFINITY = "infinity"
