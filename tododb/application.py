@@ -39,11 +39,13 @@ from tododb.domain import (
     key_between,
     public_type,
 )
+from tododb.domain.errors import DomainError
 from tododb.domain.invariants import clean_user_id
 from tododb.domain.ordering import creation_key
 from tododb.domain.todo import DeleteReason
+from tododb.infra.command_cache import CommandCache
 from tododb.infra.retry import Backoff
-from tododb.infra.tracing import event_context, exporting, stamp, tracer
+from tododb.infra.tracing import append_span, event_context, exporting, stamp
 
 
 class TodoNotFound(Exception):
@@ -161,9 +163,16 @@ def _allows(role: Role, needed: Role) -> bool:
 class TodoApplication(Application[UUID]):
     name = "todos"
 
-    def __init__(self, env: Mapping[str, str] | None = None, conflict_retries: int = 8) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        conflict_retries: int = 8,
+        command_cache_size: int = 10_000,
+    ) -> None:
         super().__init__(env)
         self.conflict_retries = conflict_retries
+        self.recent: CommandCache[Todo] = CommandCache(command_cache_size)
+        """Todos this process just stored: a command on one skips the read (see module)."""
         self.order_index: OrderIndex | None = None
         """Set by the composition root: where a move finds a missing neighbour's key."""
         self._known_inboxes: OrderedDict[str, None] = OrderedDict()
@@ -525,11 +534,11 @@ class TodoApplication(Application[UUID]):
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """The library's save, in a span, each new event stamped with the command's
         context (``tododb.infra.tracing``): stored with it, never rewritten."""
-        for obj in objs:
-            stamp(getattr(obj, "pending_events", ()))
         if not exporting():
+            stamp(_pending(objs))
             return self._save_collected(objs, kwargs)
-        with tracer.start_as_current_span("event_store.append"):
+        with append_span() as span:
+            stamp(_pending(objs), span)
             return self._save_collected(objs, kwargs)
 
     def _save_collected(self, objs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -712,32 +721,45 @@ class TodoApplication(Application[UUID]):
         With ``expected_version`` the caller has pinned the state it decided on, so a
         lost race is the caller's conflict (412), never retried here. Commands need an
         editor of the todo's list; a todo in the actor's own Inbox needs no other read.
+        A todo this process just stored is decided on first without a read; only a
+        stored outcome stands, anything else is decided again on a fresh read.
         """
+        decide = _Decision(actor, command, expected_version, allow_deleted)
+        cached = self.recent.take(todo_id)
+        if cached is not None:
+            with suppress(RecordConflictError, *REDECIDED):
+                result = self._decide_and_append(cached, decide)
+                if result.recorded:
+                    return result
         for attempt in range(self.conflict_retries + 1):
             if attempt:
                 # Jittered backoff: racing writers spread out instead of colliding again.
                 time.sleep(CONFLICT_BACKOFF.delay(attempt))
-            todo = self._load_todo(todo_id)
-            access = self._todo_access(actor, todo)
-            _require(access, Role.EDITOR)
-            if expected_version is not None and todo.version != expected_version:
-                raise PreconditionFailed(todo.version)
-            if todo.deleted and not allow_deleted:
-                raise TodoGone(str(todo_id))
             try:
-                command(todo, access)
-            except TodoDeletedError:
-                raise TodoGone(str(todo_id)) from None
-            except ListDeletedError:
-                raise ListNotFound(str(todo.list_id)) from None
-            if not todo.pending_events:
-                return CommandResult(todo, self._last_position(todo.id), recorded=False)
-            try:
-                return self._save(todo)
+                return self._decide_and_append(self._load_todo(todo_id), decide)
             except RecordConflictError:
                 if expected_version is not None:
                     raise PreconditionFailed(self._load_todo(todo_id).version) from None
         raise ConcurrencyConflict(f"todo {todo_id}: gave up after {self.conflict_retries} retries")
+
+    def _decide_and_append(self, todo: Todo, decide: _Decision) -> CommandResult:
+        """One attempt of ``decide`` on ``todo`` as loaded; ``RecordConflictError`` if
+        another writer stored the todo's next version first."""
+        access = self._todo_access(decide.actor, todo)
+        _require(access, Role.EDITOR)
+        if decide.expected_version is not None and todo.version != decide.expected_version:
+            raise PreconditionFailed(todo.version)
+        if todo.deleted and not decide.allow_deleted:
+            raise TodoGone(str(todo.id))
+        try:
+            decide.command(todo, access)
+        except TodoDeletedError:
+            raise TodoGone(str(todo.id)) from None
+        except ListDeletedError:
+            raise ListNotFound(str(todo.list_id)) from None
+        if not todo.pending_events:
+            return CommandResult(todo, self._last_position(todo.id), recorded=False)
+        return self._save(todo)
 
     def _execute_list(
         self,
@@ -773,6 +795,7 @@ class TodoApplication(Application[UUID]):
         todo = aggregates[-1]
         assert isinstance(todo, Todo)
         position = self._save_all(list(aggregates))
+        self.recent.put(todo)
         return CommandResult(todo, position, recorded=True)
 
     def _save_all(self, aggregates: list[Aggregate]) -> int | None:
@@ -823,6 +846,27 @@ class TodoApplication(Application[UUID]):
         return {} if positions is None else positions(todo_id)
 
 
+@dataclass(frozen=True)
+class _Decision:
+    """What a todo command decides with, whatever state it is decided on."""
+
+    actor: str
+    command: Callable[[Todo, Access], None]
+    expected_version: int | None
+    allow_deleted: bool
+
+
+REDECIDED: tuple[type[Exception], ...] = (
+    DomainError,
+    TodoNotFound,
+    ListNotFound,
+    Forbidden,
+    TodoGone,
+    PreconditionFailed,
+)
+"""Refusals that a cached todo may have earned by being stale: decided again, fresh."""
+
+
 class Collected(ProcessingEvent[UUID]):
     """The library's ``ProcessingEvent``, telling aggregates from events by class rather
     than by runtime protocol (every aggregate here is an ``Aggregate``)."""
@@ -859,6 +903,10 @@ def _step_text(todo: Todo, step_id: UUID) -> str:
             text: str = step["text"]
             return text
     raise StepNotFound(f"todo {todo.id} has no step {step_id}")
+
+
+def _pending(objs: Sequence[Any]) -> list[Any]:
+    return [e for obj in objs for e in getattr(obj, "pending_events", ())]
 
 
 def _metadata(domain_event: Any) -> dict[str, str] | None:

@@ -446,6 +446,15 @@ class Todo(Aggregate):
 
     # ---- helpers --------------------------------------------------------------------
 
+    def detached_copy(self) -> Todo:
+        """This todo as it is, sharing no mutable state (steps change in place) and no
+        pending events: what a process keeps of a todo it has just stored."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.steps = [dict(step) for step in self.steps]
+        clone.__dict__["_pending_events"] = []
+        return clone
+
     def _find(self, step_id: str) -> dict[str, Any]:
         return next(s for s in self.steps if s["id"] == step_id)
 

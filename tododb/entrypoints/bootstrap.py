@@ -46,6 +46,7 @@ def build_application(settings: Settings, database_url: str) -> TodoApplication:
     return TodoApplication(
         env=application_env(settings, database_url),
         conflict_retries=settings.conflict_retries,
+        command_cache_size=settings.command_cache_size,
     )
 
 
@@ -53,9 +54,7 @@ def build_read_side(settings: Settings, database_url: str) -> ReadSide:
     return ReadSide(database_url, application_env(settings, database_url), settings.views_schema)
 
 
-def build_relay(
-    settings: Settings, database_url: str, app: TodoApplication | None = None
-) -> Relay:
+def build_relay(settings: Settings, database_url: str, app: TodoApplication | None = None) -> Relay:
     """A relay on ``app`` (else an application of its own, closed with the relay)."""
     env = Environment(TRACKING_ENV_NAME, application_env(settings, database_url))
     env["POSTGRES_POOL_SIZE"] = "2"

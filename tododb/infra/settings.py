@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     conflict_retries: int = Field(default=8, ge=0)
+    command_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="Todos each API process keeps as it last stored them, so that its next "
+        "command on one skips the read (0: off).",
+    )
 
     # ---- Kafka: relay and consumers ---------------------------------------------------
     kafka_bootstrap_servers: str | None = Field(

@@ -138,18 +138,42 @@ def command_context(
         _current.reset(token)
 
 
-def stamp(events: Any) -> None:
-    """Give each event the current command's context (a new one outside any): stored with
-    the event's state by the library's mapper, read back as the ``_meta`` attribute."""
+def stamp(events: Any, span: trace.Span | None = None) -> None:
+    """Give each event the current command's context (outside any, a new one, in
+    ``span``'s trace if given): stored with the event's state by the library's mapper,
+    read back as the ``_meta`` attribute."""
     ctx = _current.get()
     if ctx is None:
-        headers = current_trace_headers()
-        parent = headers.get("traceparent")
+        parent = _traceparent_of(span) if span else current_trace_headers().get("traceparent")
         ctx = CommandContext(trace_id_of(parent) or new_id(), f"command:{new_id()}", parent, None)
     meta = ctx.as_meta()
     for e in events:
         if META not in vars(e):
             object.__setattr__(e, META, meta)
+
+
+def _traceparent_of(span: trace.Span) -> str | None:
+    """``span``'s W3C ``traceparent`` (the propagator's format, without its detour
+    through a context)."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+@contextmanager
+def append_span() -> Iterator[trace.Span]:
+    """The ``event_store.append`` span, a child of the current one. Not made current:
+    nothing inside makes spans, and attaching it would cost a third of the span."""
+    span = tracer.start_span("event_store.append")
+    try:
+        yield span
+    except BaseException as error:
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}"))
+        raise
+    finally:
+        span.end()
 
 
 def event_context(domain_event: Any) -> CommandContext | None:
