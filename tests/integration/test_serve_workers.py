@@ -110,8 +110,8 @@ class Connection:
 def _connections_on_every_worker(served: Served, headers: dict[str, str]) -> list[Connection]:
     """Keep-alive connections, opened until every worker has accepted at least one.
 
-    The kernel hands each new connection to whichever worker accepts first, so where a
-    connection lands is chance; the loop is bounded.
+    The kernel spreads new connections across the workers' sockets by a hash of their
+    addresses, so where one lands is chance; the loop is bounded.
     """
     connections: list[Connection] = []
     serving: set[int] = set()
@@ -190,3 +190,30 @@ def test_two_workers_serve_the_port_and_sigterm_stops_them_all(served: Served) -
     log = served.log.read_text()
     assert log.count("Finished server process") == WORKERS, log
     assert "Traceback" not in log, log
+
+
+def test_a_burst_of_connections_is_spread_across_the_workers(served: Served) -> None:
+    """32 connections opened at once (as a load balancer or wrk does): each worker has a
+    socket of its own, so the kernel spreads them. On one shared socket the first worker
+    to wake accepted every waiting connection, and served all 32 while the other idled."""
+    headers = {"Authorization": f"Bearer {issue_token(TEST_SECRET, 'burst')}"}
+    connections = [
+        http.client.HTTPConnection("127.0.0.1", served.port, timeout=30) for _ in range(32)
+    ]
+    for conn in connections:
+        conn.connect()
+    try:
+        per_worker: dict[int | None, int] = {}
+        for conn in connections:
+            conn.request("GET", "/v1/todos?limit=1", headers=headers)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+            pid = _server_pid(served, conn.sock.getsockname()[1])
+            per_worker[pid] = per_worker.get(pid, 0) + 1
+    finally:
+        for conn in connections:
+            conn.close()
+    assert None not in per_worker, per_worker
+    assert len(per_worker) == WORKERS, per_worker
+    assert min(per_worker.values()) >= 4, per_worker  # binomial(32, 1/2): below 4 ~1e-6

@@ -93,17 +93,48 @@ def _serve_workers(factory: str, count: int, options: dict[str, Any]) -> None:
 
 
 def tcp_listener(config: uvicorn.Config) -> socket.socket:
-    """uvicorn's listening socket, re-wrapped so that Python knows it is TCP.
+    """The workers' address: bound here once, and a listening socket of its own in each
+    worker process it is handed to (``WorkerListener``).
 
-    uvicorn binds it with ``proto`` 0 and accepted connections inherit that, while
-    asyncio turns on TCP_NODELAY only for ``IPPROTO_TCP`` sockets: with Nagle left on,
-    every keep-alive request after a connection's first waits ~40 ms for the client's
-    delayed ACK (uvicorn issue #3149; one worker is not affected, asyncio binds that
-    socket itself). Built from the descriptor, the socket reads its protocol back from
-    the kernel.
+    It is made as a TCP socket (``IPPROTO_TCP``): uvicorn binds with ``proto`` 0 and
+    accepted connections inherit that, while asyncio turns on TCP_NODELAY only for
+    ``IPPROTO_TCP`` sockets; with Nagle left on, every keep-alive request after a
+    connection's first waits ~40 ms for the client's delayed ACK (uvicorn issue #3149).
     """
-    bound = config.bind_socket()
-    return socket.socket(fileno=bound.detach())
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = WorkerListener(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    _share_port(sock)
+    sock.bind((config.host, config.port))
+    return sock
+
+
+class WorkerListener(socket.socket):
+    """An address shared by the worker processes with SO_REUSEPORT, one listening socket
+    per worker, so that the kernel spreads new connections evenly across them.
+
+    With one socket shared by all, the worker that wakes first accepts every connection
+    waiting (asyncio accepts up to its backlog at a time): under load one worker served
+    32 keep-alive connections and the other none, and two workers did what one does.
+    The parent binds this socket and never listens on it (a socket that is not
+    listening gets no connections); each worker process unpickles it as a new socket
+    bound to the same address, on which its server listens. A worker that dies loses
+    the connections still queued on its own socket; its replacement gets a new one.
+    """
+
+    def __reduce__(self) -> tuple[Any, tuple[int, Any]]:
+        return (_listener_in_worker, (self.family, self.getsockname()))
+
+
+def _listener_in_worker(family: int, address: Any) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    _share_port(sock)
+    sock.bind(address)
+    return sock
+
+
+def _share_port(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
 def _prepare_schemas_once(settings: Settings, database_url: str) -> None:
