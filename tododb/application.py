@@ -39,7 +39,6 @@ from tododb.domain import (
     key_between,
     public_type,
 )
-from tododb.domain.errors import DomainError
 from tododb.domain.invariants import clean_user_id
 from tododb.domain.ordering import creation_key
 from tododb.domain.todo import DeleteReason
@@ -172,7 +171,7 @@ class TodoApplication(Application[UUID]):
         super().__init__(env)
         self.conflict_retries = conflict_retries
         self.recent: CommandCache[Todo] = CommandCache(command_cache_size)
-        """Todos this process just stored: a command on one skips the read (see module)."""
+        """Todos this process just stored: a command on one reads only newer events."""
         self.order_index: OrderIndex | None = None
         """Set by the composition root: where a move finds a missing neighbour's key."""
         self._known_inboxes: OrderedDict[str, None] = OrderedDict()
@@ -721,26 +720,29 @@ class TodoApplication(Application[UUID]):
         With ``expected_version`` the caller has pinned the state it decided on, so a
         lost race is the caller's conflict (412), never retried here. Commands need an
         editor of the todo's list; a todo in the actor's own Inbox needs no other read.
-        A todo this process just stored is decided on first without a read; only a
-        stored outcome stands, anything else is decided again on a fresh read.
+        A todo this process just stored is brought up to date from the events stored
+        since (usually none) instead of being replayed from its first event.
         """
         decide = _Decision(actor, command, expected_version, allow_deleted)
-        cached = self.recent.take(todo_id)
-        if cached is not None:
-            with suppress(RecordConflictError, *REDECIDED):
-                result = self._decide_and_append(cached, decide)
-                if result.recorded:
-                    return result
         for attempt in range(self.conflict_retries + 1):
             if attempt:
                 # Jittered backoff: racing writers spread out instead of colliding again.
                 time.sleep(CONFLICT_BACKOFF.delay(attempt))
             try:
-                return self._decide_and_append(self._load_todo(todo_id), decide)
+                return self._decide_and_append(self._current_todo(todo_id), decide)
             except RecordConflictError:
                 if expected_version is not None:
                     raise PreconditionFailed(self._load_todo(todo_id).version) from None
         raise ConcurrencyConflict(f"todo {todo_id}: gave up after {self.conflict_retries} retries")
+
+    def _current_todo(self, todo_id: UUID) -> Todo:
+        """The todo as stored now: this process's copy fast-forwarded by the events stored
+        after it (by other processes), else replayed from the start."""
+        cached = self.recent.take(todo_id)
+        if cached is None:
+            return self._load_todo(todo_id)
+        todo: Todo = mutate_all(cached, self.events.get(todo_id, gt=cached.version))
+        return todo
 
     def _decide_and_append(self, todo: Todo, decide: _Decision) -> CommandResult:
         """One attempt of ``decide`` on ``todo`` as loaded; ``RecordConflictError`` if
@@ -854,17 +856,6 @@ class _Decision:
     command: Callable[[Todo, Access], None]
     expected_version: int | None
     allow_deleted: bool
-
-
-REDECIDED: tuple[type[Exception], ...] = (
-    DomainError,
-    TodoNotFound,
-    ListNotFound,
-    Forbidden,
-    TodoGone,
-    PreconditionFailed,
-)
-"""Refusals that a cached todo may have earned by being stale: decided again, fresh."""
 
 
 class Collected(ProcessingEvent[UUID]):

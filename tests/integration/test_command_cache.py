@@ -1,5 +1,5 @@
-"""A process decides on the todos it has just stored without reading them, and a stale one
-(another process wrote since) never decides anything: only a stored outcome stands.
+"""A process brings the todos it has just stored up to date from the events stored since,
+instead of replaying them: never a stale decision, whoever else writes.
 
 Two applications on one database stand for two API processes.
 """
@@ -26,33 +26,33 @@ def other(settings: Settings, fresh_database_url: str) -> Iterator[TodoApplicati
 
 
 class Reads:
-    """Counts the event store reads an application makes."""
+    """Records the event store reads an application makes (their ``gt`` argument)."""
 
     def __init__(self, app: TodoApplication) -> None:
-        self.count = 0
+        self.after: list[int | None] = []
         select = app.recorder.select_events
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            self.after.append(kwargs.get("gt"))
             return select(*args, **kwargs)
 
-        app.recorder.select_events = counted  # type: ignore[method-assign]
+        app.recorder.select_events = recorded  # type: ignore[method-assign]
 
 
-def test_a_command_on_a_todo_this_process_just_stored_reads_nothing(
+def test_a_todo_this_process_just_stored_is_read_from_its_last_version_on(
     fresh_app: TodoApplication, other: TodoApplication
 ) -> None:
     todo = fresh_app.create_todo("ann", title="first").todo
     reads = Reads(fresh_app)
     fresh_app.update_todo("ann", todo.id, {"title": "second"})
     result = fresh_app.complete_todo("ann", todo.id)
-    assert reads.count == 0
+    assert reads.after == [1, 2]  # only what is newer than its own copy
     assert result.recorded
     stored = other.get_todo("ann", todo.id)
     assert (stored.title, stored.status.value, stored.version) == ("second", "completed", 3)
 
 
-def test_a_todo_another_process_changed_is_decided_again_on_what_is_stored(
+def test_a_todo_another_process_changed_is_decided_on_what_is_stored(
     fresh_app: TodoApplication, other: TodoApplication
 ) -> None:
     todo = fresh_app.create_todo("ann", title="mine").todo
@@ -67,31 +67,31 @@ def test_a_todo_another_process_changed_is_decided_again_on_what_is_stored(
     assert (stored.title, stored.priority.value, stored.version) == ("theirs", "high", 3)
 
 
-def test_if_match_is_judged_against_the_store_not_the_cache(
+def test_if_match_is_judged_against_the_store_not_the_copy(
     fresh_app: TodoApplication, other: TodoApplication
 ) -> None:
     todo = fresh_app.create_todo("ann", title="v1").todo
     other.update_todo("ann", todo.id, {"title": "v2"})
-    # The cache holds version 1; the client saw version 2: accepted.
+    # This process's copy is at version 1; the client saw version 2: accepted.
     assert fresh_app.update_todo("ann", todo.id, {"title": "v3"}, expected_version=2).recorded
     other.update_todo("ann", todo.id, {"title": "v4"})
-    # The cache holds version 3, as the client does; the store is at 4: 412, saying 4.
+    # The copy is at version 3, as the client is; the store is at 4: 412, saying 4.
     with pytest.raises(PreconditionFailed) as failed:
         fresh_app.update_todo("ann", todo.id, {"title": "lost"}, expected_version=3)
     assert failed.value.current_version == 4
     assert other.get_todo("ann", todo.id).title == "v4"
 
 
-def test_refusals_and_no_ops_earned_by_stale_state_are_decided_again(
+def test_what_another_process_stored_is_seen_before_deciding(
     fresh_app: TodoApplication, other: TodoApplication
 ) -> None:
     todo = fresh_app.create_todo("ann", title="steps").todo
     _, step_id = other.add_step("ann", todo.id, "added elsewhere")
-    # This process has never seen the step: its cached todo would say "no such step".
+    # This process's copy has never seen the step.
     assert fresh_app.update_step("ann", todo.id, step_id, done=True).recorded
     assert fresh_app.complete_todo("ann", todo.id).recorded
     other.reopen_todo("ann", todo.id)
-    # The cached todo is done, so completing it would be a no-op: it is not, in the store.
+    # This process's copy says done, the store says reopened: completing is recorded.
     again = fresh_app.complete_todo("ann", todo.id)
     assert (again.recorded, again.todo.version) == (True, 6)
     other.delete_todo("ann", todo.id)
@@ -110,7 +110,7 @@ def test_results_are_not_changed_by_later_commands(fresh_app: TodoApplication) -
     assert (later.todo.title, renamed.todo.title) == ("one", "two")
 
 
-def test_a_command_that_fails_leaves_nothing_half_decided_in_the_cache(
+def test_a_command_that_fails_leaves_nothing_half_decided_behind(
     fresh_app: TodoApplication, other: TodoApplication
 ) -> None:
     todo = fresh_app.create_todo("ann", title="clean").todo

@@ -1,16 +1,17 @@
-"""The aggregates this process has just stored, so that its next command on one skips the
-read (the service layer keeps its todos here).
-
-A command on a cached aggregate decides on the cached state and appends. The append is the
-check: optimistic concurrency only accepts it if the aggregate still had exactly the cached
-version, in which case the cached state *was* the stored state and the decision stands.
-Any other outcome (another process won the version, a precondition, a no-op, an
-access or domain refusal) is decided again on a fresh read, so a stale entry can cost a
-retry but never a wrong answer.
+"""The aggregates this process has just stored, so that its next command on one reads only
+the events stored since (usually none) instead of replaying the aggregate's whole history
+(the service layer keeps its todos here; the library's cache does the same, with a deep
+copy on every read).
 
 An entry is taken out while a command uses it (no two commands share one object) and put
 back, as a copy, only after a successful append. The cache holds at most ``maxsize``
 aggregates, least recently written dropped first; a size of 0 turns it off.
+
+Why a fast-forward, and not a decision on the cached state alone: with two API processes
+and a hot todo, most cached copies are a version behind, each such command lost its
+append and was retried, and a lost race sends its whole batch down the group commit's
+slower path (bench/workload.py, 16 writers in 2 processes: p99 59 → 231 ms at 300
+commands/s, conflicts 51 → 233).
 """
 
 from __future__ import annotations

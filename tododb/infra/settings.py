@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         ge=0,
         le=1_000_000,
         description="Todos each API process keeps as it last stored them, so that its next "
-        "command on one skips the read (0: off).",
+        "command on one reads only newer events instead of replaying them all (0: off).",
     )
 
     # ---- Kafka: relay and consumers ---------------------------------------------------
