@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import TYPE_CHECKING, Annotated, Any
@@ -104,7 +105,15 @@ def tcp_listener(config: uvicorn.Config) -> socket.socket:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = WorkerListener(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     _share_port(sock)
-    sock.bind((config.host, config.port))
+    log = logging.getLogger("uvicorn.error")
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as error:  # as uvicorn's own bind: the reason, then exit 1
+        log.error(error)
+        raise SystemExit(1) from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
     return sock
 
 
