@@ -723,13 +723,15 @@ class TodoApplication(Application[UUID]):
         A todo this process just stored is brought up to date from the events stored
         since (usually none) instead of being replayed from its first event.
         """
-        decide = _Decision(actor, command, expected_version, allow_deleted)
         for attempt in range(self.conflict_retries + 1):
             if attempt:
                 # Jittered backoff: racing writers spread out instead of colliding again.
                 time.sleep(CONFLICT_BACKOFF.delay(attempt))
             try:
-                return self._decide_and_append(self._current_todo(todo_id), decide)
+                todo = self._current_todo(todo_id)
+                return self._decide_and_append(
+                    actor, todo, command, expected_version, allow_deleted=allow_deleted
+                )
             except RecordConflictError:
                 if expected_version is not None:
                     raise PreconditionFailed(self._load_todo(todo_id).version) from None
@@ -744,17 +746,25 @@ class TodoApplication(Application[UUID]):
         todo: Todo = mutate_all(cached, self.events.get(todo_id, gt=cached.version))
         return todo
 
-    def _decide_and_append(self, todo: Todo, decide: _Decision) -> CommandResult:
-        """One attempt of ``decide`` on ``todo`` as loaded; ``RecordConflictError`` if
+    def _decide_and_append(
+        self,
+        actor: str,
+        todo: Todo,
+        command: Callable[[Todo, Access], None],
+        expected_version: int | None,
+        *,
+        allow_deleted: bool,
+    ) -> CommandResult:
+        """One attempt of ``command`` on ``todo`` as loaded; ``RecordConflictError`` if
         another writer stored the todo's next version first."""
-        access = self._todo_access(decide.actor, todo)
+        access = self._todo_access(actor, todo)
         _require(access, Role.EDITOR)
-        if decide.expected_version is not None and todo.version != decide.expected_version:
+        if expected_version is not None and todo.version != expected_version:
             raise PreconditionFailed(todo.version)
-        if todo.deleted and not decide.allow_deleted:
+        if todo.deleted and not allow_deleted:
             raise TodoGone(str(todo.id))
         try:
-            decide.command(todo, access)
+            command(todo, access)
         except TodoDeletedError:
             raise TodoGone(str(todo.id)) from None
         except ListDeletedError:
@@ -846,16 +856,6 @@ class TodoApplication(Application[UUID]):
     def _recorder_positions(self, todo_id: UUID) -> dict[int, int]:
         positions = getattr(self.recorder, "positions", None)
         return {} if positions is None else positions(todo_id)
-
-
-@dataclass(frozen=True)
-class _Decision:
-    """What a todo command decides with, whatever state it is decided on."""
-
-    actor: str
-    command: Callable[[Todo, Access], None]
-    expected_version: int | None
-    allow_deleted: bool
 
 
 class Collected(ProcessingEvent[UUID]):
