@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +25,7 @@ app.add_typer(projections_cli.app, name="projections")
 app.add_typer(relay_cli.app, name="relay")
 app.add_typer(consumer_cli.app, name="consumer")
 console = Console()
+S = TypeVar("S", bound=socket.socket)
 
 
 @app.command()
@@ -103,11 +104,9 @@ def tcp_listener(config: uvicorn.Config) -> socket.socket:
     connection's first waits ~40 ms for the client's delayed ACK (uvicorn issue #3149).
     """
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = WorkerListener(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    _share_port(sock)
     log = logging.getLogger("uvicorn.error")
     try:
-        sock.bind((config.host, config.port))
+        sock = _bound(WorkerListener, family, (config.host, config.port))
     except OSError as error:  # as uvicorn's own bind: the reason, then exit 1
         log.error(error)
         raise SystemExit(1) from None
@@ -135,15 +134,16 @@ class WorkerListener(socket.socket):
 
 
 def _listener_in_worker(family: int, address: Any) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    _share_port(sock)
-    sock.bind(address)
-    return sock
+    return _bound(socket.socket, family, address)
 
 
-def _share_port(sock: socket.socket) -> None:
+def _bound(kind: type[S], family: int, address: Any) -> S:
+    """A TCP socket of class ``kind`` bound to ``address``, sharing the port."""
+    sock = kind(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
 
 
 def _prepare_schemas_once(settings: Settings, database_url: str) -> None:
