@@ -144,7 +144,10 @@ def stamp(events: Any, span: trace.Span | None = None) -> None:
     read back as the ``_meta`` attribute."""
     ctx = _current.get()
     if ctx is None:
-        parent = _traceparent_of(span) if span else current_trace_headers().get("traceparent")
+        if span is not None:
+            parent = _traceparent_of(span)
+        else:
+            parent = current_trace_headers().get("traceparent")
         ctx = CommandContext(trace_id_of(parent) or new_id(), f"command:{new_id()}", parent, None)
     meta = ctx.as_meta()
     for e in events:
