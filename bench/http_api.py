@@ -304,30 +304,48 @@ NULL_SPANS = {"PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "null_spans"),
 
 
 def tracing_rows(
-    url: str, workers: int, load: Any, connections: int, seconds: float
+    url: str, workers: int, load: Any, connections: int, seconds: float, rounds: int = 1
 ) -> list[tuple[str, Load, str]]:
     """Issue #13: tracing off, on (the SDK's spans batched to an in-process exporter that
     drops them: the goal), and exported with OTLP/HTTP to a collector that is a Python
     process on the same two cores (its CPU is the servers' too: an upper bound).
 
-    Off and on are timed off, on, on, off, each with a server of its own, and each row is
-    the two runs together: this machine's speed drifts by more than the 10% measured."""
+    Off and on are timed off, on, on, off, ``rounds`` times, each run with a server of its
+    own: this machine's speed drifts by more than the 10% measured. The rows are all
+    runs together; the goal column adds each round's on ÷ off, whose spread says how far
+    one round can be trusted."""
     runs: dict[bool, list[Load]] = {False: [], True: []}
-    for traced in (False, True, True, False):
-        env = NULL_SPANS if traced else {"OTEL_SDK_DISABLED": "true"}
-        with todo_serve(url, workers, env) as base:
-            runs[traced].append(measure(base, load, connections, seconds))
-    off, on = together(*runs[False]), together(*runs[True])
+    ratios: list[float] = []
+    for _ in range(rounds):
+        for traced in (False, True, True, False):
+            env = NULL_SPANS if traced else {"OTEL_SDK_DISABLED": "true"}
+            with todo_serve(url, workers, env) as base:
+                runs[traced].append(measure(base, load, connections, seconds))
+        round_off, round_on = together(*runs[False][-2:]), together(*runs[True][-2:])
+        ratios.append(round_on.rate / round_off.rate)
+    off, on = combined(runs[False]), combined(runs[True])
     with (
         otlp_sink() as sink,
         todo_serve(url, workers, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as base,
     ):
         otlp = measure(base, load, connections, seconds)
+    spread = f" (rounds: {', '.join(f'{r:.2f}' for r in sorted(ratios))})" if rounds > 1 else ""
     return [
         ("todo serve, tracing off", off, ""),
-        ("tracing on (SDK, null exporter)", on, f"{on.rate / off.rate:.2f}x of off, ≥ 0.90x"),
+        (
+            "tracing on (SDK, null exporter)",
+            on,
+            f"{on.rate / off.rate:.2f}x of off{spread}, ≥ 0.90x",
+        ),
         ("OTLP to a local collector", otlp, f"{otlp.rate / off.rate:.2f}x of off"),
     ]
+
+
+def combined(loads: list[Load]) -> Load:
+    result = loads[0]
+    for load in loads[1:]:
+        result = together(result, load)
+    return result
 
 
 def main() -> None:
@@ -341,6 +359,13 @@ def main() -> None:
         action="store_true",
         help="also todo serve with tracing off, on (SDK, null exporter) and exporting OTLP "
         "to a local collector (issue #13: tracing on must cost at most 10%%)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --tracing: time off, on, on, off this many times (each round's ratio "
+        "is shown too)",
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -365,7 +390,9 @@ def main() -> None:
                 served = measure(base, load, args.connections, args.seconds)
             rows = [("bare FastAPI", baseline, ""), ("todo serve", served, "≥ 0.50x, p99 < 50 ms")]
             if args.tracing:
-                rows += tracing_rows(url, workers, load, args.connections, args.seconds)
+                rows += tracing_rows(
+                    url, workers, load, args.connections, args.seconds, args.rounds
+                )
             for name, result, goal in rows:
                 table.add_row(
                     str(workers), name, f"{result.rate:,.0f}", f"{result.p50_ms:.1f}",
