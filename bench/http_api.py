@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -104,10 +104,52 @@ class Load:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    server_cpu: float = 0.0
+    """CPU seconds of the server's processes (parent and workers) during the run."""
+    db_cpu: float = 0.0
+    """CPU seconds of the machine's PostgreSQL processes during the run."""
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
+
+    def per_request_us(self, cpu_seconds: float) -> float:
+        return cpu_seconds / self.requests * 1e6 if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running server: its base URL and its parent process."""
+
+    url: str
+    pid: int
+
+
+def cpu_seconds(root: int | None = None, name: str | None = None) -> float:
+    """CPU (user + system) of process ``root`` and its descendants, or of every process
+    called ``name``, from /proc. Throughput swings with this machine's load; CPU per
+    request swings much less, and says where a request's time goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        pid, rest = int(entry), stat[stat.rindex(")") + 2 :].split()
+        names[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parents[pid] = int(rest[1])
+        used[pid] = (int(rest[11]) + int(rest[12])) / tick
+    if name is not None:
+        return sum(used[pid] for pid, comm in names.items() if comm == name)
+    tree = {root}
+    for _ in range(4):  # parent, workers, their helpers
+        tree |= {pid for pid, parent in parents.items() if parent in tree}
+    return sum(used.get(pid, 0.0) for pid in tree)
 
 
 # ---- servers ---------------------------------------------------------------------------
@@ -122,8 +164,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(argv: list[str], env: dict[str, str], workers: int, port: int) -> Iterator[str]:
-    """A server subprocess on ``port``, once every worker has started; its base URL."""
+def server(argv: list[str], env: dict[str, str], workers: int, port: int) -> Iterator[Served]:
+    """A server subprocess on ``port``, once every worker has started."""
     log_path = Path(tempfile.mkdtemp(prefix="tododb-bench-http-")) / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -135,7 +177,7 @@ def server(argv: list[str], env: dict[str, str], workers: int, port: int) -> Ite
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -280,10 +322,17 @@ async def _httpx_run(base: str, token: str, connections: int, seconds: float) ->
 # ---- the run ---------------------------------------------------------------------------
 
 
-def measure(base: str, load: Any, connections: int, seconds: float) -> Load:
+def measure(served: Served, load: Any, connections: int, seconds: float) -> Load:
+    """A warm-up, then the timed load, with the CPU the server and the database used."""
     token = issue_token(SECRET, "bench-user", ttl_seconds=3600)
-    load(base, token, connections, min(2.0, seconds))  # warm-up: pools, caches, threads
-    return load(base, token, connections, seconds)
+    load(served.url, token, connections, min(2.0, seconds))  # warm-up: pools, caches, threads
+    server, db = cpu_seconds(served.pid), cpu_seconds(name="postgres")
+    result: Load = load(served.url, token, connections, seconds)
+    return replace(
+        result,
+        server_cpu=cpu_seconds(served.pid) - server,
+        db_cpu=cpu_seconds(name="postgres") - db,
+    )
 
 
 def together(first: Load, second: Load) -> Load:
@@ -296,6 +345,8 @@ def together(first: Load, second: Load) -> Load:
         (first.p50_ms + second.p50_ms) / 2,
         max(first.p99_ms, second.p99_ms),
         max(first.max_ms, second.max_ms),
+        first.server_cpu + second.server_cpu,
+        first.db_cpu + second.db_cpu,
     )
 
 
@@ -316,29 +367,41 @@ def tracing_rows(
     one round can be trusted."""
     runs: dict[bool, list[Load]] = {False: [], True: []}
     ratios: list[float] = []
+    cpu_ratios: list[float] = []
     for _ in range(rounds):
         for traced in (False, True, True, False):
             env = NULL_SPANS if traced else {"OTEL_SDK_DISABLED": "true"}
-            with todo_serve(url, workers, env) as base:
-                runs[traced].append(measure(base, load, connections, seconds))
+            with todo_serve(url, workers, env) as served:
+                runs[traced].append(measure(served, load, connections, seconds))
         round_off, round_on = together(*runs[False][-2:]), together(*runs[True][-2:])
         ratios.append(round_on.rate / round_off.rate)
+        cpu_ratios.append(cpu_per_request(round_on) / cpu_per_request(round_off))
     off, on = combined(runs[False]), combined(runs[True])
     with (
         otlp_sink() as sink,
-        todo_serve(url, workers, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as base,
+        todo_serve(url, workers, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as served,
     ):
-        otlp = measure(base, load, connections, seconds)
-    spread = f" (rounds: {', '.join(f'{r:.2f}' for r in sorted(ratios))})" if rounds > 1 else ""
+        otlp = measure(served, load, connections, seconds)
+    extra = cpu_per_request(on) / cpu_per_request(off) - 1
     return [
         ("todo serve, tracing off", off, ""),
         (
             "tracing on (SDK, null exporter)",
             on,
-            f"{on.rate / off.rate:.2f}x of off{spread}, ≥ 0.90x",
+            f"{on.rate / off.rate:.2f}x of off{_rounds(ratios)}, ≥ 0.90x; "
+            f"CPU/req {extra:+.1%}{_rounds(cpu_ratios)}",
         ),
         ("OTLP to a local collector", otlp, f"{otlp.rate / off.rate:.2f}x of off"),
     ]
+
+
+def cpu_per_request(load: Load) -> float:
+    """Server and database CPU per request: what tracing adds to a request's cost."""
+    return load.per_request_us(load.server_cpu + load.db_cpu)
+
+
+def _rounds(ratios: list[float]) -> str:
+    return f" (rounds: {', '.join(f'{r:.2f}' for r in sorted(ratios))})" if len(ratios) > 1 else ""
 
 
 def combined(loads: list[Load]) -> Load:
@@ -380,15 +443,15 @@ def main() -> None:
         f"load: {kind} (same machine, same run)"
     )
     for col in ("workers", "server", "req/s", "p50 ms", "p99 ms", "max ms", "not 2xx",
-                "÷ bare", "goal"):
+                "CPU µs/req", "db CPU µs/req", "÷ bare", "goal"):
         table.add_column(col, justify="right")
     with bench_database() as url:
         for workers in args.workers:
-            with bare(workers) as base:
-                baseline = measure(base, load, args.connections, args.seconds)
-            with todo_serve(url, workers) as base:
-                served = measure(base, load, args.connections, args.seconds)
-            rows = [("bare FastAPI", baseline, ""), ("todo serve", served, "≥ 0.50x, p99 < 50 ms")]
+            with bare(workers) as served:
+                baseline = measure(served, load, args.connections, args.seconds)
+            with todo_serve(url, workers) as served:
+                ours = measure(served, load, args.connections, args.seconds)
+            rows = [("bare FastAPI", baseline, ""), ("todo serve", ours, "≥ 0.50x, p99 < 50 ms")]
             if args.tracing:
                 rows += tracing_rows(
                     url, workers, load, args.connections, args.seconds, args.rounds
@@ -397,6 +460,8 @@ def main() -> None:
                 table.add_row(
                     str(workers), name, f"{result.rate:,.0f}", f"{result.p50_ms:.1f}",
                     f"{result.p99_ms:.1f}", f"{result.max_ms:.1f}", str(result.bad),
+                    f"{result.per_request_us(result.server_cpu):,.0f}",
+                    f"{result.per_request_us(result.db_cpu):,.0f}",
                     f"{result.rate / baseline.rate:.2f}x", goal,
                 )  # fmt: skip
     out.print(table)
