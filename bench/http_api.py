@@ -354,45 +354,62 @@ NULL_SPANS = {"PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "null_spans"),
 """`todo serve` with the SDK on and a batch processor feeding ``NullExporter``."""
 
 
+SAMPLED = {
+    **NULL_SPANS,
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.1",
+}
+"""As ``NULL_SPANS``, one new trace in ten recorded (the SDK's standard variables)."""
+TRACING = {"off": {"OTEL_SDK_DISABLED": "true"}, "on": NULL_SPANS, "sampled": SAMPLED}
+
+
 def tracing_rows(
     url: str, workers: int, load: Any, connections: int, seconds: float, rounds: int = 1
 ) -> list[tuple[str, Load, str]]:
-    """Issue #13: tracing off, on (the SDK's spans batched to an in-process exporter that
-    drops them: the goal), and exported with OTLP/HTTP to a collector that is a Python
-    process on the same two cores (its CPU is the servers' too: an upper bound).
+    """Issue #13: tracing off; on (the SDK's spans batched to an in-process exporter that
+    drops them: the goal); on with one trace in ten sampled; and exported with OTLP/HTTP
+    to a collector that is a Python process on the same two cores (its CPU is the
+    servers' too: an upper bound).
 
-    Off and on are timed off, on, on, off, ``rounds`` times, each run with a server of its
-    own: this machine's speed drifts by more than the 10% measured. The rows are all
-    runs together; the goal column adds each round's on ÷ off, whose spread says how far
-    one round can be trusted."""
-    runs: dict[bool, list[Load]] = {False: [], True: []}
-    ratios: list[float] = []
-    cpu_ratios: list[float] = []
+    Off, on and sampled are timed off, on, sampled, sampled, on, off, ``rounds`` times,
+    each run with a server of its own: this machine's speed drifts by more than the 10%
+    measured. The rows are all runs together; the goal column adds each round's ratio to
+    off, whose spread says how far one round can be trusted, and the CPU per request
+    tracing adds."""
+    runs: dict[str, list[Load]] = {kind: [] for kind in TRACING}
+    ratios: dict[str, list[tuple[float, float]]] = {"on": [], "sampled": []}
     for _ in range(rounds):
-        for traced in (False, True, True, False):
-            env = NULL_SPANS if traced else {"OTEL_SDK_DISABLED": "true"}
-            with todo_serve(url, workers, env) as served:
-                runs[traced].append(measure(served, load, connections, seconds))
-        round_off, round_on = together(*runs[False][-2:]), together(*runs[True][-2:])
-        ratios.append(round_on.rate / round_off.rate)
-        cpu_ratios.append(cpu_per_request(round_on) / cpu_per_request(round_off))
-    off, on = combined(runs[False]), combined(runs[True])
+        for kind in ("off", "on", "sampled", "sampled", "on", "off"):
+            with todo_serve(url, workers, TRACING[kind]) as served:
+                runs[kind].append(measure(served, load, connections, seconds))
+        off = together(*runs["off"][-2:])
+        for kind, found in ratios.items():
+            this = together(*runs[kind][-2:])
+            found.append((this.rate / off.rate, cpu_per_request(this) / cpu_per_request(off)))
+    total = {kind: combined(loads) for kind, loads in runs.items()}
     with (
         otlp_sink() as sink,
         todo_serve(url, workers, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink}) as served,
     ):
         otlp = measure(served, load, connections, seconds)
-    extra = cpu_per_request(on) / cpu_per_request(off) - 1
     return [
-        ("todo serve, tracing off", off, ""),
+        ("todo serve, tracing off", total["off"], ""),
         (
             "tracing on (SDK, null exporter)",
-            on,
-            f"{on.rate / off.rate:.2f}x of off{_rounds(ratios)}, ≥ 0.90x; "
-            f"CPU/req {extra:+.1%}{_rounds(cpu_ratios)}",
+            total["on"],
+            f"{_of_off(total, 'on', ratios)}, ≥ 0.90x",
         ),
-        ("OTLP to a local collector", otlp, f"{otlp.rate / off.rate:.2f}x of off"),
+        ("on, 1 trace in 10 sampled", total["sampled"], _of_off(total, "sampled", ratios)),
+        ("OTLP to a local collector", otlp, f"{otlp.rate / total['off'].rate:.2f}x of off"),
     ]
+
+
+def _of_off(total: dict[str, Load], kind: str, ratios: dict[str, list[tuple[float, float]]]) -> str:
+    """``kind``'s req/s ÷ off's, and the CPU per request it adds, with each round's."""
+    rates = _rounds([rate for rate, _ in ratios[kind]])
+    cpus = _rounds([cpu for _, cpu in ratios[kind]])
+    extra = cpu_per_request(total[kind]) / cpu_per_request(total["off"]) - 1
+    return f"{total[kind].rate / total['off'].rate:.2f}x of off{rates}; CPU/req {extra:+.1%}{cpus}"
 
 
 def cpu_per_request(load: Load) -> float:
@@ -427,8 +444,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="with --tracing: time off, on, on, off this many times (each round's ratio "
-        "is shown too)",
+        help="with --tracing: time off, on, sampled, sampled, on, off this many times (each "
+        "round's ratio is shown too)",
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -442,8 +459,19 @@ def main() -> None:
         title=f"POST /v1/todos, {args.connections} connections, {args.seconds:g} s each, "
         f"load: {kind} (same machine, same run)"
     )
-    for col in ("workers", "server", "req/s", "p50 ms", "p99 ms", "max ms", "not 2xx",
-                "CPU µs/req", "db CPU µs/req", "÷ bare", "goal"):
+    for col in (
+        "workers",
+        "server",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "not 2xx",
+        "CPU µs/req",
+        "db CPU µs/req",
+        "÷ bare",
+        "goal",
+    ):
         table.add_column(col, justify="right")
     with bench_database() as url:
         for workers in args.workers:
