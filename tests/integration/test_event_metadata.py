@@ -131,7 +131,8 @@ def test_a_command_outside_any_request_is_stored_in_its_append_spans_trace(
         tracing.remove_processor(processor)
     (event,) = todo_app.list_events("spanless", todo.id)
     (append,) = [
-        s for s in exporter.get_finished_spans()
+        s
+        for s in exporter.get_finished_spans()
         if s.name == "event_store.append" and s.parent is None
     ]
     assert event.metadata is not None
@@ -140,3 +141,28 @@ def test_a_command_outside_any_request_is_stored_in_its_append_spans_trace(
         f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     )
     assert event.metadata["correlation_id"] == f"{context.trace_id:032x}"
+
+
+def test_a_request_its_caller_did_not_sample_exports_no_span_but_stores_its_trace(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    """Sampling (``OTEL_TRACES_SAMPLER``; a caller's decision is followed) makes a command
+    that is not sampled record no span, which is what makes it cheap; its events still
+    carry the trace, so it can be followed through the log, the relay and the consumers."""
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    tracing.add_processor(processor)
+    try:
+        unsampled = f"00-{TRACE_ID}-00f067aa0ba902b7-00"
+        created = client.post(
+            "/v1/todos", json={"title": "Unsampled"}, headers={**headers, "traceparent": unsampled}
+        )
+        assert created.status_code == 201, created.text
+    finally:
+        tracing.remove_processor(processor)
+    assert [
+        s for s in exporter.get_finished_spans() if s.context.trace_id == int(TRACE_ID, 16)
+    ] == []
+    (event,) = client.get(f"/v1/todos/{created.json()['id']}/events", headers=headers).json()
+    assert re.fullmatch(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-00", event["metadata"]["traceparent"])
+    assert event["metadata"]["correlation_id"] == TRACE_ID
