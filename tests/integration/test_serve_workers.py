@@ -78,8 +78,21 @@ def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
 
 
 def _ready(served: Served) -> bool:
-    """Both workers finished their start-up (uvicorn logs it once per worker)."""
-    return served.log.read_text().count("Application startup complete.") == WORKERS
+    """Both workers listen on the port. uvicorn logs "Application startup complete."
+    before its server listens: waiting for the log alone left a moment in which one
+    worker's socket took every connection (a burst test failed so, once in CI)."""
+    try:
+        workers = served.workers()
+        return len(workers) == WORKERS and all(_listens(worker, served.port) for worker in workers)
+    except psutil.Error:  # a worker exiting or being replaced meanwhile
+        return False
+
+
+def _listens(worker: psutil.Process, port: int) -> bool:
+    return any(
+        conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+        for conn in worker.net_connections(kind="tcp")
+    )
 
 
 def _server_pid(served: Served, client_port: int) -> int | None:
