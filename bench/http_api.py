@@ -1,6 +1,7 @@
 """POST /v1/todos through `todo serve`, beside a bare FastAPI app under the same load.
 
     python bench/http_api.py [--seconds 10] [--connections 32] [--workers 1 2] [--load wrk|httpx]
+                              [--tracing [--rounds N]]
 
 For each worker count: `todo serve --workers N` (a subprocess on a scratch embedded
 database, ``TODO_RATE_LIMIT_ENABLED=false``), and ``bare_app`` below, which parses the
@@ -12,8 +13,12 @@ with its JSON body and Authorization header) or, without wrk, an async httpx cli
 process of its own (a Python load generator: on 2 cores it saturates before the servers
 do, so its ratios say little; install wrk: ``apt-get install wrk``). Closed loop: each
 connection sends its next request when the last one is answered. Prints req/s,
-p50/p99/max and todo serve ÷ bare. Goal (issue #10): >= 0.5x the bare app with the same
-worker count, p99 < 50 ms at 32 connections.
+p50/p99/max, the CPU per request of the server's processes and of PostgreSQL's, and
+todo serve ÷ bare. Goal (issue #10): >= 0.5x the bare app with the same worker count,
+p99 < 50 ms at 32 connections.
+
+``--tracing [--rounds N]`` (issue #13): tracing off, on, and on with one trace in ten
+sampled, timed in rounds (``tracing_rows``), and OTLP to a local collector.
 """
 
 from __future__ import annotations
