@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,6 +25,8 @@ import httpx
 import psycopg
 import pytest
 from eventsourcing.persistence import DataError, RecordConflictError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Composed
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.conftest import TEST_SECRET, wait_until
@@ -40,6 +43,7 @@ from tododb.devservers.tansu import BrokerHandle
 from tododb.domain import Todo, TodoList
 from tododb.entrypoints.bootstrap import build_application, build_read_side, build_relay
 from tododb.eventstore import AppendOnlyApplicationRecorder
+from tododb.eventstore.writer import append_lock
 from tododb.infra.settings import Settings
 from tododb.projections.registry import KINDS, ReadSide
 from tododb.projections.rows import TodoRow
@@ -145,13 +149,13 @@ def test_a_batch_is_one_transaction_and_the_first_of_two_rivals_wins(
 def test_commands_queued_together_are_written_together(
     fresh_app: TodoApplication, fresh_database_url: str
 ) -> None:
-    """While a batch waits for the table lock, others queue up behind it; they are
+    """While a batch waits for the append lock, others queue up behind it; they are
     written in the next batch, one transaction for all."""
     todos = [Todo.create(owner="queued", title=f"t{i}") for i in range(6)]
     commands = [stored(fresh_app, t) for t in todos]
     committer = recorder_of(fresh_app).committer
     with psycopg.connect(fresh_database_url) as blocker:
-        blocker.execute("LOCK TABLE todos_events IN EXCLUSIVE MODE")
+        blocker.execute(take_append_lock(fresh_app))
         with ThreadPoolExecutor(6) as pool:
             first = pool.submit(fresh_app.recorder.insert_events, commands[0])
             wait_until(lambda: committer._leading and not committer._queue, what="a leader")
@@ -163,6 +167,68 @@ def test_commands_queued_together_are_written_together(
     batches = Counter(xmin for *_, xmin in rows)
     assert sorted(batches.values()) == [1, 5]
     assert sorted(p for o in outcomes for p in o) == [r[2] for r in rows]
+
+
+# ---- the append lock -------------------------------------------------------------------
+
+
+def take_append_lock(app: TodoApplication) -> Composed:
+    recorder = recorder_of(app)
+    return SQL("SELECT {}").format(
+        append_lock(recorder.datastore.schema, recorder.events_table_name)
+    )
+
+
+def an_append_waits_for_a_lock(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_appends_do_not_wait_for_a_vacuum_of_the_events_table(
+    fresh_app: TodoApplication, fresh_database_url: str
+) -> None:
+    """VACUUM and ANALYZE (autovacuum's too) hold SHARE UPDATE EXCLUSIVE on the table.
+    The library's EXCLUSIVE table lock conflicts with it: every autovacuum of the events
+    table stopped all appends until PostgreSQL cancelled it at deadlock_timeout, 1 s
+    (seen as p99 ~940 ms in bench/http_api.py). The append lock does not conflict."""
+    with psycopg.connect(fresh_database_url) as vacuum, ThreadPoolExecutor(1) as pool:
+        vacuum.execute("LOCK TABLE todos_events IN SHARE UPDATE EXCLUSIVE MODE")
+        try:
+            created = pool.submit(fresh_app.create_todo, "vacuumed", title="x").result(10)
+        finally:
+            vacuum.rollback()
+    assert created.position is not None
+    assert [r[:2] for r in rows_of(fresh_database_url, [created.todo.id])] == [(created.todo.id, 1)]
+
+
+@pytest.mark.parametrize("path", ["group commit", "the library's own path"])
+def test_every_append_takes_the_append_lock_and_waits_its_turn(
+    fresh_app: TodoApplication, fresh_database_url: str, path: str
+) -> None:
+    """Writers still take turns (ids commit in the order drawn): the batch writer and the
+    library's path (appends with a tracking record) both wait for the one append lock."""
+    recorder = recorder_of(fresh_app)
+    todo = Todo.create(owner="locked", title="waits its turn")
+    events = stored(fresh_app, todo)
+    insert = (
+        recorder.insert_events
+        if path == "group commit"
+        else partial(PostgresApplicationRecorder.insert_events, recorder)
+    )
+    with psycopg.connect(fresh_database_url) as holder, ThreadPoolExecutor(1) as pool:
+        holder.execute(take_append_lock(fresh_app))
+        pending = pool.submit(insert, events)
+        wait_until(
+            lambda: an_append_waits_for_a_lock(fresh_database_url), what="the append to wait"
+        )
+        assert not pending.done()
+        holder.rollback()
+        positions = pending.result(30)
+    assert [r[2] for r in rows_of(fresh_database_url, [todo.id])] == list(positions or [])
 
 
 # ---- very large batches ----------------------------------------------------------------

@@ -5,7 +5,7 @@ another service) can rewrite history: UPDATE, DELETE and TRUNCATE on the events 
 raise an error.
 
 Appends go through the process's ``GroupCommitter``: concurrent commands share one
-transaction, one table lock and one WAL flush (see ``committer`` and ``writer``).
+transaction, one append lock and one WAL flush (see ``committer`` and ``writer``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from tododb.eventstore.batches import Limits
 from tododb.eventstore.committer import Append, GroupCommitter
 from tododb.eventstore.subscription import WakingSubscription
-from tododb.eventstore.writer import BatchWriter
+from tododb.eventstore.writer import BatchWriter, append_lock
 
 DDL_LOCK = SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))")
 
@@ -52,6 +52,12 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
             self.datastore.lock_timeout,
         )
         self.sql_create_statements.extend(self.writer.statements)
+        # The library's own path (appends with a tracking record) takes the same append
+        # lock as the batch writer, in place of its EXCLUSIVE table lock (see ``writer``).
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{}s'").format(self.datastore.lock_timeout),
+            SQL("SELECT {}").format(append_lock(self.datastore.schema, self.events_table_name)),
+        ]
         self.committer: GroupCommitter[Connection[DictRow]] = GroupCommitter(
             self.datastore.get_connection,
             self.writer.write,

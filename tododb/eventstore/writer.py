@@ -1,9 +1,18 @@
-"""The SQL of group commit: one batch of commands, one transaction, one table lock.
+"""The SQL of group commit: one batch of commands, one transaction, one append lock.
 
-Every batch takes the events table's EXCLUSIVE lock before its first notification id is
+Every batch takes the events table's append lock before its first notification id is
 drawn and holds it through COMMIT, so ids commit in the order they were drawn and a
 reader tailing the log never passes a gap that fills in later (the library's reason for
-the lock, kept as is). A batch takes it once for all its commands.
+its table lock). A batch takes it once for all its commands.
+
+The append lock is a transaction-scoped advisory lock named after the table
+(``append_lock``), not the library's ``LOCK TABLE ... IN EXCLUSIVE MODE``: that mode
+conflicts with the SHARE UPDATE EXCLUSIVE lock autovacuum takes, so every autovacuum of
+the events table stopped all appends until PostgreSQL cancelled it at
+``deadlock_timeout`` (1 s): requests stalled for a second, and the table was never
+vacuumed (an anti-wraparound vacuum is not cancelled: appends would wait all through
+it). The recorder gives the library's own path (appends with a tracking record) the same
+lock, so every writer of the table still takes turns; readers take no lock either way.
 
 Two server functions, created with the table, do the work in one statement each:
 ``<table>_append`` (lock, NOTIFY, INSERT ... RETURNING) and ``<table>_lock_taken`` (lock,
@@ -77,7 +86,9 @@ _TRANSLATIONS: tuple[tuple[type[psycopg.Error], type[PersistenceError]], ...] = 
 )
 """psycopg's errors as the library's datastore reports them (``get_connection``)."""
 
-_LOCK = "SET LOCAL lock_timeout = {timeout}; LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;"
+_APPEND_LOCK = "tododb.eventstore.append"
+"""The append lock's first key: its own name space among the two-key advisory locks."""
+_LOCK = "SET LOCAL lock_timeout = {timeout}; PERFORM {lock};"
 _APPEND = (
     "CREATE OR REPLACE FUNCTION {schema}.{function}"
     "(ids uuid[], versions bigint[], topics text[], states bytea[]) "
@@ -108,7 +119,7 @@ class BatchWriter:
             "timeout": Literal(f"{lock_timeout}s"),
         }
         append, lock_taken = Identifier(f"{table}_append"), Identifier(f"{table}_lock_taken")
-        lock = SQL(_LOCK).format(**names)
+        lock = SQL(_LOCK).format(timeout=names["timeout"], lock=append_lock(schema, table))
         self.statements: list[Composed] = [
             SQL(_APPEND).format(function=append, lock=lock, **names),
             SQL(_LOCK_TAKEN).format(function=lock_taken, lock=lock, **names),
@@ -222,6 +233,15 @@ class BatchWriter:
             return translated(e)
         claimed.update(item.keys)
         return [positions[key] for key in item.keys]
+
+
+def append_lock(schema: str, table: str) -> Composed:
+    """The expression that takes ``schema.table``'s append lock until the transaction
+    ends: an advisory lock, which VACUUM and ANALYZE do not take (see above). Two keys,
+    so that no one-key advisory lock elsewhere (leadership, DDL) can share it."""
+    return SQL("pg_advisory_xact_lock(hashtext({}), hashtext({}))").format(
+        Literal(_APPEND_LOCK), Literal(f"{schema}.{table}")
+    )
 
 
 def conflict(item: Append) -> IntegrityError:
