@@ -63,6 +63,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
+from tododb.eventstore import arrays
+from tododb.eventstore.arrays import BigintArray, ByteaArray, TextArray, UuidArray
 from tododb.eventstore.batches import Key, all_keys, decide, positions_by_key
 from tododb.eventstore.committer import Append
 
@@ -126,9 +128,7 @@ class BatchWriter:
         ]
         """DDL of the two functions, run with the table's (``create_table``)."""
         # Rendered once: composing SQL on every call costs about as much as a round trip.
-        # The arrays go in binary (%b): psycopg dumps text-format arrays element by element
-        # in Python, hex-encoding every state. Client CPU to adapt a batch's parameters:
-        # 138 µs text against 94 µs binary for one event, 237 against 105 µs for three.
+        # The arrays go in binary (%b), packed by ``arrays`` rather than dumped by psycopg.
         call = "SELECT * FROM {}.{}(%b::uuid[], %b::bigint[]"
         self.append_sql = (
             SQL(call + ", %b::text[], %b::bytea[])").format(names["schema"], append).as_bytes()
@@ -333,19 +333,22 @@ def send_pending(conn: Connection[Any]) -> None:
 
 def _columns(
     keys: list[Key], events: Iterable[Any]
-) -> tuple[list[Any], list[int], list[str], list[bytes]]:
-    """The append's parameters: one array per column."""
+) -> tuple[UuidArray, BigintArray, TextArray, ByteaArray]:
+    """The append's parameters: one array per column (``arrays``: packed, not dumped)."""
     topics, states = [], []
     for event in events:
         topics.append(event.topic)
         states.append(event.state)
     ids, versions = _key_columns(keys)
-    return ids, versions, topics, states
+    return ids, versions, arrays.texts(topics), arrays.byteas(states)
 
 
 def _events(batch: list[Append]) -> list[Any]:
     return [event for item in batch for event in item.events]
 
 
-def _key_columns(keys: list[Key]) -> tuple[list[Any], list[int]]:
-    return [todo_id for todo_id, _ in keys], [version for _, version in keys]
+def _key_columns(keys: list[Key]) -> tuple[UuidArray, BigintArray]:
+    return (
+        arrays.uuids([todo_id for todo_id, _ in keys]),
+        arrays.bigints([version for _, version in keys]),
+    )
