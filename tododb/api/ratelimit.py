@@ -1,7 +1,8 @@
 """Per-user rate limits: a token bucket per user per process, for commands and for queries.
 
-The core (``TokenBucket``, ``RateLimiter``) is pure and takes its clock from outside; the
-FastAPI dependency ``rate_limit`` puts it after authentication, keyed by the user id.
+The core (``TokenBucket``, ``RateLimiter``) is pure and takes its clock from outside;
+``check_rate`` applies it to the authenticated caller (``auth.current_user``), keyed by
+the user id: unauthenticated calls are never counted (they get 401).
 """
 
 from __future__ import annotations
@@ -12,12 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials
-
-from tododb.api.auth import authenticate, bearer
 from tododb.api.problems import Problem
 from tododb.infra.settings import Settings
 
@@ -128,26 +124,14 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-async def rate_limit(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """429 once the caller has used up their bucket; unauthenticated calls pass (auth 401s).
-
-    Async so that it runs on the event loop: a throttled request never takes a thread.
-    """
-    limits: RateLimits | None = request.app.state.rate_limits
-    counted = limits.for_method(request.method) if limits is not None else None
+def check_rate(limits: RateLimits | None, method: str, user_id: str) -> None:
+    """429 once ``user_id`` has used up their bucket for ``method``'s kind; nothing when
+    rate limiting is off or the method is not counted."""
+    counted = limits.for_method(method) if limits is not None else None
     if counted is None:
         return
-    try:
-        user = authenticate(request, credentials)
-    except Problem as e:
-        if e.status == 401:
-            return
-        raise
     kind, limiter = counted
-    wait = limiter.take(user.id)
+    wait = limiter.take(user_id)
     if wait > 0:
         raise Problem(
             429,

@@ -87,18 +87,20 @@ _BODY_COMMAND_PROBLEMS = problem_responses(
 )
 
 
-def _answer(response: Response, result: CommandResult, status_code: int = 200) -> Response:
-    """The todo as ``TodoOut`` JSON, with the headers set on ``response`` and its version
-    and position. Returned as a Response, FastAPI sends it as it is: a sync endpoint's
-    return value is otherwise validated again, on another pool thread (a thread hop and
-    a second validation of a model just built: a tenth of a command's CPU)."""
-    response.headers["ETag"] = f'"{result.todo.version}"'
+def _answer(
+    result: CommandResult, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """The todo as ``TodoOut`` JSON, with ``headers`` and its version and position.
+    Returned as a Response, FastAPI sends it as it is: a sync endpoint's return value is
+    otherwise validated again, on another pool thread (a thread hop and a second
+    validation of a model just built: a tenth of a command's CPU)."""
+    headers = {**(headers or {}), "ETag": f'"{result.todo.version}"'}
     if result.position is not None:
-        response.headers["X-Position"] = str(result.position)
+        headers["X-Position"] = str(result.position)
     return Response(
         TodoOut.from_todo(result.todo).model_dump_json(),
         status_code,
-        headers=dict(response.headers),
+        headers=headers,
         media_type="application/json",
     )
 
@@ -143,7 +145,6 @@ def create_todo(
     body: TodoCreate,
     user: CurrentUser,
     app: TodoApp,
-    response: Response,
     idempotency_key: Annotated[
         # Absent is "not idempotent", and a header is never null: the document says string.
         str | SkipJsonSchema[None],
@@ -163,10 +164,10 @@ def create_todo(
         remind_at=body.remind_at,
         idempotency_key=idempotency_key,
     )
-    response.headers["Location"] = f"/v1/todos/{result.todo.id}"
+    headers = {"Location": f"/v1/todos/{result.todo.id}"}
     if not result.recorded:
-        response.headers["Idempotent-Replayed"] = "true"
-    return _answer(response, result, status.HTTP_201_CREATED)
+        headers["Idempotent-Replayed"] = "true"
+    return _answer(result, status.HTTP_201_CREATED, headers)
 
 
 @router.get(
@@ -190,14 +191,13 @@ def update_todo(
     body: TodoPatch,
     user: CurrentUser,
     app: TodoApp,
-    response: Response,
     expected: ExpectedVersion,
 ) -> Response:
     try:
         changes = body.changes()
     except ValueError as e:
         raise Problem(422, "Invalid request", str(e), type_="validation") from None
-    return _answer(response, app.update_todo(user.id, todo_id, changes, expected_version=expected))
+    return _answer(app.update_todo(user.id, todo_id, changes, expected_version=expected))
 
 
 @router.post(
@@ -206,9 +206,9 @@ def update_todo(
     responses={**_changed(200), **_COMMAND_PROBLEMS},
 )
 def complete_todo(
-    todo_id: UUID, user: CurrentUser, app: TodoApp, response: Response, expected: ExpectedVersion
+    todo_id: UUID, user: CurrentUser, app: TodoApp, expected: ExpectedVersion
 ) -> Response:
-    return _answer(response, app.complete_todo(user.id, todo_id, expected_version=expected))
+    return _answer(app.complete_todo(user.id, todo_id, expected_version=expected))
 
 
 @router.post(
@@ -217,9 +217,9 @@ def complete_todo(
     responses={**_changed(200), **_COMMAND_PROBLEMS},
 )
 def reopen_todo(
-    todo_id: UUID, user: CurrentUser, app: TodoApp, response: Response, expected: ExpectedVersion
+    todo_id: UUID, user: CurrentUser, app: TodoApp, expected: ExpectedVersion
 ) -> Response:
-    return _answer(response, app.reopen_todo(user.id, todo_id, expected_version=expected))
+    return _answer(app.reopen_todo(user.id, todo_id, expected_version=expected))
 
 
 @router.delete(
@@ -287,7 +287,6 @@ def move_todo(
     body: TodoMove,
     user: CurrentUser,
     app: TodoApp,
-    response: Response,
     expected: ExpectedVersion,
 ) -> Response:
     """Move within its list or to another (`list_id`), right after `after` and/or right
@@ -301,7 +300,7 @@ def move_todo(
         before=body.before,
         expected_version=expected,
     )
-    return _answer(response, result)
+    return _answer(result)
 
 
 _STEP_NOT_FOUND = (
@@ -339,14 +338,13 @@ def add_step(
     body: StepCreate,
     user: CurrentUser,
     app: TodoApp,
-    response: Response,
     expected: ExpectedVersion,
 ) -> Response:
     """A step at the end of the todo's checklist (at most 100); the todo, with the step's
     URL in Location."""
     result, step_id = app.add_step(user.id, todo_id, body.text, expected_version=expected)
-    response.headers["Location"] = f"/v1/todos/{todo_id}/steps/{step_id}"
-    return _answer(response, result, status.HTTP_201_CREATED)
+    location = f"/v1/todos/{todo_id}/steps/{step_id}"
+    return _answer(result, status.HTTP_201_CREATED, {"Location": location})
 
 
 @router.patch(
@@ -360,7 +358,6 @@ def update_step(
     body: StepPatch,
     user: CurrentUser,
     app: TodoApp,
-    response: Response,
     expected: ExpectedVersion,
 ) -> Response:
     """Rename (`text`), check or uncheck (`done`) and move (`index`) a step."""
@@ -373,7 +370,7 @@ def update_step(
         index=body.index,
         expected_version=expected,
     )
-    return _answer(response, result)
+    return _answer(result)
 
 
 @router.delete(
