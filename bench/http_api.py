@@ -193,16 +193,22 @@ def server(argv: list[str], env: dict[str, str], workers: int, port: int) -> Ite
         shutil.rmtree(log_path.parent, ignore_errors=True)
 
 
-def todo_serve(url: str, workers: int, tracing: dict[str, str] | None = None) -> Any:
-    env = {
+def api_env(url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a benchmarked API process: ``url``'s database, ``SECRET``, no
+    rate limits (the load would hit them), a data directory of its own."""
+    return {
         **os.environ,
-        **(tracing or {}),
+        **(extra or {}),
         "DATABASE_URL": url,
         "TODO_JWT_SECRET": SECRET,
         "TODO_RATE_LIMIT_ENABLED": "false",
         "TODO_LOG_LEVEL": "WARNING",
-        "TODO_DATA_DIR": tempfile.mkdtemp(prefix="tododb-bench-http-data-"),
+        "TODO_DATA_DIR": tempfile.mkdtemp(prefix="tododb-bench-api-data-"),
     }
+
+
+def todo_serve(url: str, workers: int, tracing: dict[str, str] | None = None) -> Any:
+    env = api_env(url, tracing)
     port = free_port()
     argv = todo_command("serve", "--port", str(port), "--workers", str(workers))
     return server(argv, env, workers, port)

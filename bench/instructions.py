@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,25 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.table import Table
 
 from bench.common import bench_database, console
+from bench.http_api import BODY, SECRET, api_env, bare_app
 
 CONNECTIONS = 32
 FEW, MANY = 2, 12
-SECRET = "bench-instructions-" + "x" * 32
-BODY = json.dumps(
-    {"title": "benchmark todo", "description": "posted", "priority": "high", "tags": ["a", "b"]}
-).encode()
 
 
 def count(kind: str, per_connection: int, url: str) -> int:
     """Instructions of a whole run of ``kind`` (start-up included), from cachegrind."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "TODO_JWT_SECRET": SECRET,
-        "TODO_RATE_LIMIT_ENABLED": "false",
-        "TODO_LOG_LEVEL": "WARNING",
-        "TODO_DATA_DIR": tempfile.mkdtemp(prefix="tododb-bench-instructions-"),
-    }
+    env = api_env(url)
     argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
             sys.executable, __file__, "--run", kind, str(per_connection)]  # fmt: skip
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
@@ -78,33 +66,35 @@ def run(kind: str, per_connection: int) -> None:
 
 async def _drive(kind: str, per_connection: int) -> None:
     if kind == "bare":
-        from bench.http_api import bare_app as app
+        app = bare_app
     else:
         from tododb.entrypoints.bootstrap import api_from_environment
 
         app = api_from_environment()
     from tododb.api.auth import issue_token
 
+    body = json.dumps(BODY).encode()  # the request bench/http_api.py sends
     headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
                (b"authorization", f"Bearer {issue_token(SECRET, 'bench-user')}".encode()),
-               (b"content-length", str(len(BODY)).encode())]  # fmt: skip
+               (b"content-length", str(len(body)).encode())]  # fmt: skip
     async with _lifespan(app):
-        await asyncio.gather(*(_post(app, headers, per_connection) for _ in range(CONNECTIONS)))
+        posts = (_post(app, headers, body, per_connection) for _ in range(CONNECTIONS))
+        await asyncio.gather(*posts)
 
 
-async def _post(app: Any, headers: list[tuple[bytes, bytes]], times: int) -> None:
+async def _post(app: Any, headers: list[tuple[bytes, bytes]], body: bytes, times: int) -> None:
     for _ in range(times):
-        status = await _one_post(app, headers)
+        status = await _one_post(app, headers, body)
         if status != 201:
             raise RuntimeError(f"POST /v1/todos answered {status}")
 
 
-async def _one_post(app: Any, headers: list[tuple[bytes, bytes]]) -> int | None:
+async def _one_post(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> int | None:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "POST", "scheme": "http", "path": "/v1/todos", "raw_path": b"/v1/todos",
              "query_string": b"", "root_path": "", "headers": headers,
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
-    messages = [{"type": "http.request", "body": BODY, "more_body": False}]
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
     status: int | None = None
 
     async def receive() -> dict[str, Any]:
