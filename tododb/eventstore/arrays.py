@@ -26,6 +26,8 @@ _ONE_DIMENSION = struct.Struct("!iiiii")  # dimensions, has nulls, element type,
 _NO_DIMENSION = struct.Struct("!iii")  # an empty array has none
 _LENGTH = struct.Struct("!i")
 _BIGINT = struct.Struct("!iq")  # length 8, then the value
+_OIDS = {element: _TYPES[element].oid for element in ("uuid", "int8", "text", "bytea")}
+"""Element types' oids, looked up once: the registry's lookup is not free per append."""
 
 
 class BinaryArray:
@@ -94,7 +96,7 @@ def _pack(element: str, count: int, items: Iterable[bytes]) -> bytes:
 
 
 def _header(element: str, count: int) -> bytes:
-    oid = _TYPES[element].oid
+    oid = _OIDS[element]
     if count == 0:
         return _NO_DIMENSION.pack(0, 0, oid)
     return _ONE_DIMENSION.pack(1, 0, oid, count, 1)
