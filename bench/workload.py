@@ -59,6 +59,7 @@ from tododb.devservers.tansu import TansuBroker
 from tododb.domain import Status, Todo
 from tododb.entrypoints.bootstrap import build_application, build_read_side
 from tododb.entrypoints.supervisor import todo_command
+from tododb.infra.gc_tuning import settle_after_startup
 from tododb.infra.settings import Settings
 from tododb.projections.registry import read_position
 from tododb.relay.status import EVENTS_TABLE, read_status
@@ -155,6 +156,7 @@ def drive(
         command, close = app_commands(settings, url, threads, shared, zipf_exponent, out, lock)
     else:
         command, close = raw_commands(url, threads)
+    settle_after_startup()  # as `todo serve` settles each API worker's collector
     rate = None if phase.rate is None else phase.rate * share
     due = itertools.count()
     try:

@@ -90,6 +90,7 @@ def _run_with_probes(
     """Run ``main`` until a signal, with the worker's /metrics, /healthz and /readyz on
     TODO_PROBE_PORT (none when 0)."""
     from tododb.infra.aio import run_until_signal
+    from tododb.infra.gc_tuning import settle_after_startup
     from tododb.infra.probes import Heartbeat
     from tododb.monitoring.workers import beating, consumer_probes
 
@@ -101,6 +102,7 @@ def _run_with_probes(
     if settings.probe_port:
         watcher.start()
         probes.start()
+    settle_after_startup()
     try:
         run_until_signal(beating(main, heartbeat))
     finally:

@@ -56,6 +56,7 @@ def run(
 
     from tododb.entrypoints.log_setup import configure_logging
     from tododb.entrypoints.supervisor import run_restarting, todo_command
+    from tododb.infra.gc_tuning import settle_after_startup
     from tododb.infra.settings import get_settings
     from tododb.monitoring.workers import projection_probes, this_process
     from tododb.projections.worker import run_projection
@@ -96,6 +97,7 @@ def run(
             }
             run_restarting(commands, stop, children)
         else:
+            settle_after_startup()
             run_projection(read_side, only, stop)
     finally:
         probes.stop()

@@ -31,6 +31,7 @@ def run(
     """Publish the event log to Kafka (stands by while another relay is active)."""
     from tododb.entrypoints.bootstrap import build_relay
     from tododb.infra.aio import run_until_signal
+    from tododb.infra.gc_tuning import settle_after_startup
     from tododb.infra.probes import Heartbeat
     from tododb.monitoring.workers import beating, relay_probes
 
@@ -40,6 +41,7 @@ def run(
         settings = settings.model_copy(update={"probe_port": probe_port})
     database_url = _database_url()
     relay = build_relay(settings, database_url)
+    settle_after_startup()
     heartbeat = Heartbeat()
     probes = relay_probes(settings, database_url, relay, heartbeat)
     if settings.probe_port:

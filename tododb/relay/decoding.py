@@ -22,6 +22,7 @@ from eventsourcing.persistence import Notification
 
 from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
+from tododb.infra.gc_tuning import settle_after_startup
 from tododb.infra.kafka import CachingPartitioner
 from tododb.relay.envelope import Failure, OutgoingMessage, UnpublishedEvent, to_message
 
@@ -201,6 +202,7 @@ def start_decoder(app_env: dict[str, str], parent: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     small = {**app_env, "POSTGRES_POOL_SIZE": "2", "POSTGRES_MAX_OVERFLOW": "2"}
     _DECODER = Envelopes(TodoApplication(env=small))
+    settle_after_startup()
 
 
 def _exit_with_parent(parent: int) -> None:
