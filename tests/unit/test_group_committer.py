@@ -6,8 +6,9 @@ leads, what forms a batch and who gets which outcome are tested without PostgreS
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from uuid import uuid4
@@ -17,7 +18,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, StoredEv
 
 from tests.conftest import wait_until
 from tododb.eventstore.batches import Limits
-from tododb.eventstore.committer import Append, GroupCommitter, Unanswered
+from tododb.eventstore.committer import Append, AsyncAppend, GroupCommitter, Unanswered
 from tododb.infra.postgres import DatabaseUnavailable
 
 
@@ -194,3 +195,137 @@ def test_a_writer_interrupted_while_waiting_leaves_the_queue_and_the_lead_moves_
         gc._follow(leader)
     assert list(gc._queue) == [behind]
     assert behind.lead  # the lead moved on instead of being lost
+
+
+# ---- writers that are coroutines (append_async: the API's create path) ----------------------
+
+
+async def until(predicate: Callable[[], object], what: str) -> None:
+    """``wait_until`` for a coroutine: the event loop keeps running meanwhile."""
+    deadline = asyncio.get_running_loop().time() + UNTIL_SECONDS
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {UNTIL_SECONDS}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+UNTIL_SECONDS = 5.0
+
+
+async def test_a_coroutine_alone_has_its_command_written_on_the_committer_thread() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    try:
+        assert await gc.append_async(events(2)) == [1, 2]
+        assert await gc.append_async(events()) == [3]
+    finally:
+        gc.close()
+    assert [len(b) for b in store.batches] == [1, 1]
+    assert threading.get_ident() not in store.threads  # the event loop never writes
+    assert len(set(store.threads)) == 1  # one committer thread, reused
+
+
+async def test_coroutines_arriving_while_a_batch_is_written_form_the_next_batch() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    store.hold.clear()
+    try:
+        first = asyncio.create_task(gc.append_async(events()))
+        await until(store.writing.is_set, "the first batch to be written")
+        rest = [asyncio.create_task(gc.append_async(events())) for _ in range(5)]
+        await until(lambda: len(gc._queue) == 5, "five commands to queue behind it")
+        store.hold.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    finally:
+        store.hold.set()
+        gc.close()
+    assert [len(b) for b in store.batches] == [1, 5]
+    assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
+
+
+async def test_threads_and_coroutines_share_the_queue_and_its_batches() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    store.hold.clear()
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(4) as pool:
+        try:
+            first = loop.run_in_executor(pool, gc.append, events())  # a thread leads
+            await until(store.writing.is_set, "the thread's batch")
+            tasks = [asyncio.create_task(gc.append_async(events())) for _ in range(3)]
+            await until(lambda: len(gc._queue) == 3, "three coroutines to queue")
+            threads = [loop.run_in_executor(pool, gc.append, events()) for _ in range(2)]
+            await until(lambda: len(gc._queue) == 5, "two threads to queue behind them")
+            store.hold.set()
+            outcomes = await asyncio.wait_for(asyncio.gather(first, *tasks, *threads), 5)
+        finally:
+            store.hold.set()
+            gc.close()
+    assert [len(b) for b in store.batches] == [1, 5]  # a coroutine at the head led the 2nd
+    assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
+
+
+async def test_a_cancelled_coroutine_leaves_the_queue_and_the_others_are_answered() -> None:
+    store = FakeStore()
+    gc = committer(store)
+    store.hold.clear()
+    try:
+        first = asyncio.create_task(gc.append_async(events()))
+        await until(store.writing.is_set, "the first batch")
+        queued = [asyncio.create_task(gc.append_async(events())) for _ in range(3)]
+        await until(lambda: len(gc._queue) == 3, "three commands to queue")
+        queued[0].cancel()  # the head: it would have led the next batch
+        await until(lambda: len(gc._queue) == 2, "the cancelled command to leave")
+        store.hold.set()
+        assert await asyncio.wait_for(asyncio.gather(first, *queued[1:]), 5) == [[1], [2], [3]]
+    finally:
+        store.hold.set()
+        gc.close()
+    assert queued[0].cancelled()
+    assert [len(b) for b in store.batches] == [1, 2]  # the cancelled command was not written
+
+
+async def test_a_coroutine_cancelled_just_after_being_made_leader_hands_the_lead_on() -> None:
+    gc = committer(FakeStore())
+    loop = asyncio.get_running_loop()
+    leader, behind = AsyncAppend(events(), loop), AsyncAppend(events(), loop)
+    gc._leading = True  # as if a batch were being written
+    gc._queue.extend([leader, behind])
+    task = asyncio.create_task(gc._follow_async(leader))
+    await asyncio.sleep(0)  # the task is now waiting for its command
+    with gc._lock:
+        gc._promote_head()  # the batch is done: the head is made leader...
+    task.cancel()  # ...and cancelled before it woke up to lead
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(gc._queue) == [behind]
+    assert behind.lead  # the lead moved on instead of being lost
+
+
+async def test_no_connection_fails_a_coroutine_with_the_database_unavailable() -> None:
+    store = FakeStore()
+    store.connect_error = DatabaseUnavailable("pool timeout")
+    gc = committer(store)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await gc.append_async(events())
+        store.connect_error = None
+        assert await gc.append_async(events()) == [1]  # the next one goes through
+    finally:
+        gc.close()
+
+
+async def test_a_full_queue_is_a_bounded_wait_for_a_coroutine_too() -> None:
+    store = FakeStore()
+    gc = committer(store, queue=1)
+    store.hold.clear()
+    try:
+        first = asyncio.create_task(gc.append_async(events()))
+        await until(store.writing.is_set, "the first batch")
+        with pytest.raises(DatabaseUnavailable, match="queue"):
+            await gc.append_async(events())  # queue_timeout=0.5: no room within it
+        store.hold.set()
+        assert await asyncio.wait_for(first, 5) == [1]
+    finally:
+        store.hold.set()
+        gc.close()

@@ -9,15 +9,22 @@ own command at once, on its own thread: no hand-off, no extra latency. Under loa
 commands that arrive while one batch commits form the next one, so the number of
 transactions (and WAL flushes) grows with the commit rate, not with the command rate.
 
+A writer may also be a coroutine (``append_async``, the API's path): it waits on its
+event loop instead of holding a thread, and when it is to lead, its batch is written on
+the committer's own thread, so a batch of N commands costs one thread hand-off, not N.
+
 The database work is handed in (``write``), so the queueing is tested without a database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 from uuid import UUID
@@ -28,6 +35,9 @@ from tododb.eventstore.batches import Key, Limits, take_batch
 from tododb.infra.postgres import DatabaseUnavailable
 
 C = TypeVar("C")
+
+ROOM_POLL_SECONDS = 0.005
+"""How often a coroutine waiting for room in a full queue looks again."""
 
 
 class Unanswered(RuntimeError):
@@ -52,16 +62,19 @@ class Append:
 
     def succeed(self, positions: list[int]) -> None:
         self.positions = positions
-        self._wake.set()
+        self._notify()
 
     def fail(self, error: BaseException) -> None:
         """Answer with ``error``, unless already answered (an outcome is final)."""
         if not self.answered:
             self.error = error
-            self._wake.set()
+            self._notify()
 
     def promote(self) -> None:
         self.lead = True
+        self._notify()
+
+    def _notify(self) -> None:
         self._wake.set()
 
     def wait(self) -> None:
@@ -79,6 +92,28 @@ class Append:
         if self.positions is None:
             raise Unanswered("the command has no outcome")
         return self.positions
+
+
+class AsyncAppend(Append):
+    """A command whose writer is a coroutine: woken on its event loop, from any thread."""
+
+    def __init__(self, events: Sequence[StoredEvent], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(events)
+        self._loop = loop
+        self._woken: asyncio.Future[None] = loop.create_future()
+
+    def _notify(self) -> None:
+        # A closed loop raises RuntimeError: its writer is gone, nobody is left to wake.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self._woken.done():
+            self._woken.set_result(None)
+
+    async def woken(self) -> None:
+        """Until answered or made leader (both are set before the wake is sent)."""
+        await self._woken
 
 
 class GroupCommitter(Generic[C]):
@@ -99,6 +134,7 @@ class GroupCommitter(Generic[C]):
         self._queue: deque[Append] = deque()
         self._leading = False
         self._room = threading.BoundedSemaphore(self.limits.queue)
+        self._leader_thread: ThreadPoolExecutor | None = None
 
     def append(self, events: Sequence[StoredEvent]) -> list[int]:
         """Store one command's events, with others' if they are waiting; their positions.
@@ -115,6 +151,63 @@ class GroupCommitter(Generic[C]):
         finally:
             self._room.release()
         return item.outcome()
+
+    async def append_async(self, events: Sequence[StoredEvent]) -> list[int]:
+        """``append`` for a coroutine: the same queue, batches and outcomes, but it waits
+        without a thread, and leads by having its batch written on the committer's thread.
+
+        Cancelled while waiting, it leaves the queue as an interrupted ``append`` does; a
+        batch already being written completes (the command may be stored, unanswered).
+        """
+        item = AsyncAppend(events, asyncio.get_running_loop())
+        await self._room_for_async()
+        try:
+            if self._enqueue(item) or await self._follow_async(item):
+                await self._lead_async()
+        finally:
+            self._room.release()
+        return item.outcome()
+
+    async def _room_for_async(self) -> None:
+        """A place in the queue, waited for (rarely: 10,000 commands queued) by polling,
+        within the same bound as ``append``'s, so the event loop never blocks."""
+        if self._room.acquire(blocking=False):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._queue_timeout
+        while not self._room.acquire(blocking=False):
+            if loop.time() >= deadline:
+                raise DatabaseUnavailable("the event store's write queue stayed full")
+            await asyncio.sleep(ROOM_POLL_SECONDS)
+
+    async def _follow_async(self, item: AsyncAppend) -> bool:
+        try:
+            await item.woken()
+        except BaseException:
+            self._leave(item)
+            raise
+        return not item.answered
+
+    async def _lead_async(self) -> None:
+        """Write a batch on the committer's thread (one at a time, as leaders are); it
+        runs to its end and hands the lead on even if this coroutine is cancelled."""
+        with self._lock:
+            if self._leader_thread is None:
+                self._leader_thread = ThreadPoolExecutor(1, thread_name_prefix="group-commit")
+            leader = self._leader_thread
+        try:
+            lead = asyncio.get_running_loop().run_in_executor(leader, self._lead)
+        except RuntimeError:  # closed meanwhile (shutting down): lead here, as a thread
+            self._lead()
+            return
+        await asyncio.shield(lead)
+
+    def close(self) -> None:
+        """Stop the committer's thread, once the batch it may be writing is done."""
+        with self._lock:
+            leader, self._leader_thread = self._leader_thread, None
+        if leader is not None:
+            leader.shutdown(wait=True)
 
     def write_together(self, items: list[Append]) -> None:
         """Write ``items`` as one batch now, answering each (outside the queue: for tests
@@ -138,13 +231,17 @@ class GroupCommitter(Generic[C]):
         try:
             item.wait()
         except BaseException:
-            with self._lock:
-                if item in self._queue:
-                    self._queue.remove(item)
-                    if item.lead:
-                        self._promote_head()
+            self._leave(item)
             raise
         return not item.answered
+
+    def _leave(self, item: Append) -> None:
+        """Take an interrupted writer's command out of the queue; hand on its lead."""
+        with self._lock:
+            if item in self._queue:
+                self._queue.remove(item)
+                if item.lead:
+                    self._promote_head()
 
     def _lead(self) -> None:
         try:

@@ -10,6 +10,8 @@ transaction, one append lock and one WAL flush (see ``committer`` and ``writer``
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -32,6 +34,10 @@ from tododb.eventstore.batches import Limits
 from tododb.eventstore.committer import Append, GroupCommitter
 from tododb.eventstore.subscription import WakingSubscription
 from tododb.eventstore.writer import BatchWriter, append_lock
+
+APPEND_ATTEMPTS = 10
+APPEND_RETRY_WAIT = 0.2
+"""An append whose connection failed is tried again, as the library tries its inserts."""
 
 DDL_LOCK = SQL("SELECT pg_advisory_xact_lock(hashtext('tododb.eventstore.ddl'))")
 
@@ -87,6 +93,32 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         positions: list[int] = self._append(stored_events)
         return positions
 
+    async def append_async(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """``insert_events`` for a coroutine (no tracking record): one command's events
+        through group commit, awaited on the event loop; retried as ``_append`` is.
+
+        Only where the committer writes (``groups_commits``); elsewhere a ``TypeError``.
+        """
+        if not self.groups_commits:
+            raise TypeError("this event store's appends do not go through group commit")
+        attempts = 1
+        while True:
+            try:
+                return await self.committer.append_async(stored_events)
+            except (InterfaceError, OperationalError):
+                if attempts >= APPEND_ATTEMPTS:
+                    raise
+            attempts += 1
+            await asyncio.sleep(APPEND_RETRY_WAIT * random.uniform(0.95, 1.05))  # noqa: S311
+
+    def close(self) -> None:
+        """Stop the committer's thread (the pool is the datastore's to close)."""
+        self.committer.close()
+
+    @property
+    def groups_commits(self) -> bool:
+        return self._groups_commits()
+
     def _groups_commits(self) -> bool:
         """The batch writer's functions take uuid ids and replace the library's own
         database functions; other set-ups keep the library's path."""
@@ -139,7 +171,7 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
             .as_bytes()
         )
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    @retry((InterfaceError, OperationalError), max_attempts=APPEND_ATTEMPTS, wait=APPEND_RETRY_WAIT)
     def _append(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         """Retried like the library's ``insert_events``: a batch whose connection dropped
         (maybe around COMMIT) is submitted again, and meets its own rows if it committed."""
