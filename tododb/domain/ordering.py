@@ -21,14 +21,22 @@ _TIME_DIGITS = 11
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_PAIRS = [a + b for a in BASE_62_DIGITS for b in BASE_62_DIGITS]
+"""Every two-digit base-62 string, by value: a key is made two digits per division."""
+
+
 def _base62(number: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
+    """``number`` in exactly ``width`` base-62 digits (leading zeros kept)."""
+    pairs: list[str] = []
+    for _ in range(width // 2):
+        number, pair = divmod(number, 3844)
+        pairs.append(_PAIRS[pair])
+    if width % 2:
         number, digit = divmod(number, 62)
-        digits.append(BASE_62_DIGITS[digit])
+        pairs.append(BASE_62_DIGITS[digit])
     if number:
         raise OverflowError(f"does not fit in {width} base-62 digits")
-    return "".join(reversed(digits))
+    return "".join(reversed(pairs))
 
 
 def unique_suffix(todo_id: UUID) -> str:

@@ -54,7 +54,10 @@ class Append:
         self.positions: list[int] | None = None
         self.error: BaseException | None = None
         self.lead = False
-        self._wake = threading.Event()
+        self._wake = self._waker()
+
+    def _waker(self) -> threading.Event | None:
+        return threading.Event()
 
     @property
     def answered(self) -> bool:
@@ -75,9 +78,11 @@ class Append:
         self._notify()
 
     def _notify(self) -> None:
+        assert self._wake is not None
         self._wake.set()
 
     def wait(self) -> None:
+        assert self._wake is not None
         self._wake.wait()
 
     def outcome(self) -> list[int]:
@@ -101,6 +106,9 @@ class AsyncAppend(Append):
         super().__init__(events)
         self._loop = loop
         self._woken: asyncio.Future[None] = loop.create_future()
+
+    def _waker(self) -> None:
+        return None  # woken through its loop, not by a thread's Event
 
     def _notify(self) -> None:
         # A closed loop raises RuntimeError: its writer is gone, nobody is left to wake.
