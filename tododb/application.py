@@ -628,10 +628,16 @@ class TodoApplication(Application[UUID]):
         processing_event = Collected()
         processing_event.collect_events(*objs, **kwargs)
         recordings = self._record(processing_event)
+        self._recorded(processing_event, recordings)
+        return recordings
+
+    def _recorded(
+        self, processing_event: ProcessingEvent[UUID], recordings: list[Recording[UUID]]
+    ) -> None:
+        """What the library's ``save`` does once the events are stored."""
         self._take_snapshots(processing_event)
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook, kept
-        return recordings
 
     async def _save_async(self, *objs: Aggregate) -> list[Recording[UUID]]:
         """``save``, awaiting the append on the event loop instead of on a thread."""
@@ -665,12 +671,10 @@ class TodoApplication(Application[UUID]):
             )
             for d, s, n in zip(domain_events, stored, ids, strict=True)
         ]
-        if self.repository.cache and not self.repository.fastforward:
+        if self.repository.cache and not self.repository.fastforward:  # as ``_record``
             for aggregate_id, aggregate in processing_event.aggregates.items():
                 self.repository.cache.put(aggregate_id, aggregate)
-        self._take_snapshots(processing_event)
-        self._notify(recordings)
-        self.notify(processing_event.events)  # the library's deprecated hook, kept
+        self._recorded(processing_event, recordings)
         return recordings
 
     def close(self) -> None:
