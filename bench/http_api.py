@@ -511,8 +511,8 @@ def main() -> None:
             with todo_serve(url, workers) as served:
                 ours = measure(served, load, args.connections, args.seconds)
             rows = [
-                ("bare FastAPI, def", baseline, ""),
-                ("bare FastAPI, async def", ceiling, ""),
+                ("bare def", baseline, ""),
+                ("bare async def", ceiling, ""),
                 ("todo serve", ours, "≥ 0.50x bare def, p99 < 50 ms"),
             ]
             if args.tracing:

@@ -1,15 +1,19 @@
-"""CPU instructions per `POST /v1/todos`, the API's against the bare FastAPI app's.
+"""CPU instructions per `POST /v1/todos`, the API's against the bare FastAPI apps'.
 
 On these noisy 2-core machines the same code's timings swing by ±15% from run to run,
 more than most changes one tries; instruction counts (valgrind's cachegrind) repeat
-within ~2%. Both apps are driven in process, without sockets: 32 concurrent requests on
+within ~2%. The apps (the API, and bench/http_api.py's bare ``def`` and ``async def``
+apps) are driven in process, without sockets: 32 concurrent requests on
 one event loop (the API against a scratch PostgreSQL database, its committer and pool
 threads running as in `todo serve`). Each is counted twice, with 2 and with 12 requests
 per connection, so start-up cancels out: (count of 12 - count of 2) / 320 per request.
 
 The ratio bare ÷ ours predicted bench/http_api.py's one-worker ratio (2026-11-28: 0.93M ÷
 2.31M = 0.40 against 0.39 measured), and says what a change is worth before a slow,
-noisy HTTP run does. Needs valgrind (`apt-get install valgrind`); ~3 minutes.
+noisy HTTP run does. Over sockets a thread hand-off costs more than it does here (the GIL
+handed over between busy threads): the API's create dropped from 1.92M to 1.64M here when
+it stopped using the thread pool, and its CPU per request over HTTP by a fifth or more.
+Needs valgrind (`apt-get install valgrind`); ~4 minutes.
 
     python bench/instructions.py
 """
