@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 import pytest
@@ -15,6 +17,8 @@ from tododb.application import (
     TodoNotFound,
 )
 from tododb.domain import InboxFixed, InvariantViolation, LastOwner, TodoList, inbox_id
+
+T = TypeVar("T")
 
 
 class FakeIndex:
@@ -167,3 +171,18 @@ def test_moves_between_neighbours(app: TodoApplication) -> None:
     moved = app.move_todo("ed", a, list_id=inbox_id("ed"))
     assert moved.todo.list_id == inbox_id("ed")
     assert order() == [b, c, a]  # (a is alone in the Inbox)
+
+
+async def test_a_store_without_group_commit_creates_on_a_thread(app: TodoApplication) -> None:
+    """``create_todo_async`` on a store that cannot append on the loop (here the library's
+    in-memory one) is ``create_todo`` on the worker thread it is given, every time."""
+    calls: list[object] = []
+
+    async def offload(func: Callable[[], T]) -> T:
+        calls.append(func)
+        return await asyncio.to_thread(func)
+
+    first = await app.create_todo_async("ann", offload=offload, title="one")
+    second = await app.create_todo_async("ann", offload=offload, title="two")
+    assert len(calls) == 2
+    assert [app.get_todo("ann", r.todo.id).title for r in (first, second)] == ["one", "two"]

@@ -7,8 +7,9 @@ leads, what forms a batch and who gets which outcome are tested without PostgreS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from uuid import uuid4
@@ -212,6 +213,26 @@ async def until(predicate: Callable[[], object], what: str) -> None:
 UNTIL_SECONDS = 5.0
 
 
+@contextlib.asynccontextmanager
+async def held(**limits: int) -> AsyncIterator[tuple[FakeStore, GroupCommitter[str]]]:
+    """A committer whose batches are held (``store.hold``) until the test releases them."""
+    store = FakeStore()
+    gc = committer(store, **limits)
+    store.hold.clear()
+    try:
+        yield store, gc
+    finally:
+        store.hold.set()
+        gc.close()
+
+
+async def first_batch(store: FakeStore, gc: GroupCommitter[str]) -> asyncio.Task[list[int]]:
+    """A coroutine's command, once the committer's thread is writing (and held in) it."""
+    first = asyncio.create_task(gc.append_async(events()))
+    await until(store.writing.is_set, "the first batch to be written")
+    return first
+
+
 async def test_a_coroutine_alone_has_its_command_written_on_the_committer_thread() -> None:
     store = FakeStore()
     gc = committer(store)
@@ -226,30 +247,20 @@ async def test_a_coroutine_alone_has_its_command_written_on_the_committer_thread
 
 
 async def test_coroutines_arriving_while_a_batch_is_written_form_the_next_batch() -> None:
-    store = FakeStore()
-    gc = committer(store)
-    store.hold.clear()
-    try:
-        first = asyncio.create_task(gc.append_async(events()))
-        await until(store.writing.is_set, "the first batch to be written")
+    async with held() as (store, gc):
+        first = await first_batch(store, gc)
         rest = [asyncio.create_task(gc.append_async(events())) for _ in range(5)]
         await until(lambda: len(gc._queue) == 5, "five commands to queue behind it")
         store.hold.set()
         outcomes = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
-    finally:
-        store.hold.set()
-        gc.close()
     assert [len(b) for b in store.batches] == [1, 5]
     assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
 
 
 async def test_threads_and_coroutines_share_the_queue_and_its_batches() -> None:
-    store = FakeStore()
-    gc = committer(store)
-    store.hold.clear()
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(4) as pool:
-        try:
+        async with held() as (store, gc):
             first = loop.run_in_executor(pool, gc.append, events())  # a thread leads
             await until(store.writing.is_set, "the thread's batch")
             tasks = [asyncio.create_task(gc.append_async(events())) for _ in range(3)]
@@ -258,29 +269,19 @@ async def test_threads_and_coroutines_share_the_queue_and_its_batches() -> None:
             await until(lambda: len(gc._queue) == 5, "two threads to queue behind them")
             store.hold.set()
             outcomes = await asyncio.wait_for(asyncio.gather(first, *tasks, *threads), 5)
-        finally:
-            store.hold.set()
-            gc.close()
     assert [len(b) for b in store.batches] == [1, 5]  # a coroutine at the head led the 2nd
     assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
 
 
 async def test_a_cancelled_coroutine_leaves_the_queue_and_the_others_are_answered() -> None:
-    store = FakeStore()
-    gc = committer(store)
-    store.hold.clear()
-    try:
-        first = asyncio.create_task(gc.append_async(events()))
-        await until(store.writing.is_set, "the first batch")
+    async with held() as (store, gc):
+        first = await first_batch(store, gc)
         queued = [asyncio.create_task(gc.append_async(events())) for _ in range(3)]
         await until(lambda: len(gc._queue) == 3, "three commands to queue")
         queued[0].cancel()  # the head: it would have led the next batch
         await until(lambda: len(gc._queue) == 2, "the cancelled command to leave")
         store.hold.set()
         assert await asyncio.wait_for(asyncio.gather(first, *queued[1:]), 5) == [[1], [2], [3]]
-    finally:
-        store.hold.set()
-        gc.close()
     assert queued[0].cancelled()
     assert [len(b) for b in store.batches] == [1, 2]  # the cancelled command was not written
 
@@ -316,16 +317,9 @@ async def test_no_connection_fails_a_coroutine_with_the_database_unavailable() -
 
 
 async def test_a_full_queue_is_a_bounded_wait_for_a_coroutine_too() -> None:
-    store = FakeStore()
-    gc = committer(store, queue=1)
-    store.hold.clear()
-    try:
-        first = asyncio.create_task(gc.append_async(events()))
-        await until(store.writing.is_set, "the first batch")
+    async with held(queue=1) as (store, gc):
+        first = await first_batch(store, gc)
         with pytest.raises(DatabaseUnavailable, match="queue"):
             await gc.append_async(events())  # queue_timeout=0.5: no room within it
         store.hold.set()
         assert await asyncio.wait_for(first, 5) == [1]
-    finally:
-        store.hold.set()
-        gc.close()

@@ -85,7 +85,7 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         Calls with ``tracking`` (a process application's) keep the library's own path, as
         do datastores the committer was not written for (database functions, text ids).
         """
-        if kwargs.get("tracking") is not None or not self._groups_commits():
+        if kwargs.get("tracking") is not None or not self.groups_commits:
             ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
             return ids
         if not stored_events:
@@ -117,9 +117,6 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
 
     @property
     def groups_commits(self) -> bool:
-        return self._groups_commits()
-
-    def _groups_commits(self) -> bool:
         """The batch writer's functions take uuid ids and replace the library's own
         database functions; other set-ups keep the library's path."""
         datastore = self.datastore
