@@ -248,10 +248,7 @@ class TodoApplication(Application[UUID]):
         )
         own_inbox = inbox_id(actor)
         target = list_id or own_inbox
-        access = self._access(actor, target, missing=ListNotFound)
-        _require(access, Role.EDITOR)
-        if assignee is not None and not access.is_member(assignee):
-            raise InvariantViolation("assignee", "must be a member of the todo's list")
+        self._check_create(actor, target, assignee)
         todo_id = Todo.idempotent_id(actor, idempotency_key) if idempotency_key else None
         while True:
             inbox = self._missing_inbox(actor) if target == own_inbox else None
@@ -280,36 +277,42 @@ class TodoApplication(Application[UUID]):
         the event loop, appended with ``append_async``. Anything else, and what a
         conflict needs (an Idempotency-Key used before), is ``create_todo`` and its
         reads on a worker thread (``offload``), as the synchronous path does them."""
-        if fields.get("list_id") not in (None, inbox_id(actor)) or not (
+        own_inbox = inbox_id(actor)
+        if fields.get("list_id") not in (None, own_inbox) or not (
             self._creates_without_reads(actor)
         ):
             return await offload(partial(self.create_todo, actor, **fields))
+        self._check_create(actor, own_inbox, fields.get("assignee"))  # no read: own Inbox
         key = fields.get("idempotency_key")
         todo_id = Todo.idempotent_id(actor, key) if key else None
-        assignee = fields.get("assignee")
-        if assignee is not None and assignee != actor:  # the only member of an Inbox
-            raise InvariantViolation("assignee", "must be a member of the todo's list")
-        todo = _new_todo(actor, inbox_id(actor), todo_id, fields)
+        todo = _new_todo(actor, own_inbox, todo_id, fields)
         events = list(todo.pending_events)
         try:
             position = _last_position(await self._save_async(todo))
-        except RecordConflictError:
-            if await offload(partial(self._stored_are, events)):  # its own rows, on a retry
-                position = await offload(partial(self._last_position, todo.id))
-            elif todo_id is None:
-                raise
-            else:
+        except RecordConflictError as conflict:
+            try:
+                position = await offload(
+                    partial(self._position_if_own, [events], todo.id, conflict)
+                )
+            except RecordConflictError:
+                if todo_id is None:
+                    raise
                 return await offload(partial(self._replay_idempotent_create, actor, todo))
         self.recent.put(todo)
         return CommandResult(todo, position, recorded=True)
 
+    def _check_create(self, actor: str, list_id: UUID, assignee: str | None) -> None:
+        """That ``actor`` may create in ``list_id`` (an editor; a non-member is told the
+        list is not found) and ``assignee`` is a member. No read for the actor's Inbox."""
+        access = self._access(actor, list_id, missing=ListNotFound)
+        _require(access, Role.EDITOR)
+        if assignee is not None and not access.is_member(assignee):
+            raise InvariantViolation("assignee", "must be a member of the todo's list")
+
     def _creates_without_reads(self, actor: str) -> bool:
         """Whether a create in ``actor``'s Inbox needs no read here: the Inbox is known to
         exist, and the store appends on the event loop (``_appender``)."""
-        if self._appender() is None:
-            return False
-        with self._inbox_lock:
-            return actor in self._known_inboxes
+        return self._appender() is not None and self._knows_inbox(actor)
 
     def _appender(self) -> AsyncAppender | None:
         """The recorder, if it appends on the event loop (looked up by attribute: a
@@ -783,14 +786,20 @@ class TodoApplication(Application[UUID]):
 
     def _missing_inbox(self, user: str) -> TodoList | None:
         """A new Inbox for ``user`` if the store has none; None if it has (cached)."""
-        with self._inbox_lock:
-            if user in self._known_inboxes:
-                self._known_inboxes.move_to_end(user)
-                return None
+        if self._knows_inbox(user):
+            return None
         if self._exists(inbox_id(user)):
             self._remember_inbox(user)
             return None
         return TodoList.create_inbox(user)
+
+    def _knows_inbox(self, user: str) -> bool:
+        """Whether this process knows ``user``'s Inbox exists (kept as recently used)."""
+        with self._inbox_lock:
+            if user not in self._known_inboxes:
+                return False
+            self._known_inboxes.move_to_end(user)
+            return True
 
     def _remember_inbox(self, user: str) -> None:
         with self._inbox_lock:
@@ -954,11 +963,19 @@ class TodoApplication(Application[UUID]):
         events = [list(a.pending_events) for a in aggregates]
         try:
             recordings = self.save(*aggregates)
-        except RecordConflictError:
-            if not all(self._stored_are(e) for e in events if e):
-                raise
-            return self._last_position(aggregates[-1].id)
+        except RecordConflictError as conflict:
+            return self._position_if_own(events, aggregates[-1].id, conflict)
         return _last_position(recordings)
+
+    def _position_if_own(
+        self, events: list[list[Any]], aggregate_id: UUID, conflict: RecordConflictError
+    ) -> int | None:
+        """After ``conflict``: if the store holds exactly ``events``, a retried append met
+        its own committed rows and the command succeeded: ``aggregate_id``'s position.
+        Otherwise another writer won: ``conflict`` again."""
+        if not all(self._stored_are(e) for e in events if e):
+            raise conflict
+        return self._last_position(aggregate_id)
 
     def _stored_are(self, events: list[Any]) -> bool:
         """Whether the store holds exactly ``events`` at their versions (same topic, state
