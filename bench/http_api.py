@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import bench_database, console, pct
 from tododb.api.auth import issue_token
 from tododb.entrypoints.cli import tcp_listener
+from tododb.entrypoints.log_setup import access_log_wanted
 from tododb.entrypoints.supervisor import todo_command
 from tododb.infra.gc_tuning import settle_after_startup
 
@@ -260,7 +261,8 @@ def bare(workers: int, style: str = "def") -> Any:
     serves the API."""
     port = free_port()
     argv = [sys.executable, __file__, "--serve-bare", str(port), "--workers", str(workers)]
-    return server(argv, {**os.environ, "TODO_BENCH_BARE": style}, workers, port)
+    env = {**os.environ, "TODO_BENCH_BARE": style, "TODO_LOG_LEVEL": api_env("")["TODO_LOG_LEVEL"]}
+    return server(argv, env, workers, port)
 
 
 def serve_bare(port: int, workers: int) -> None:
@@ -268,6 +270,7 @@ def serve_bare(port: int, workers: int) -> None:
     (uvicorn's own ``--workers`` socket would leave Nagle on, see ``tcp_listener``)."""
     options: dict[str, Any] = {
         "host": "127.0.0.1", "port": port, "log_level": "info", "timeout_graceful_shutdown": 5,
+        "access_log": access_log_wanted(),  # as `todo serve` at the same TODO_LOG_LEVEL
     }  # fmt: skip
     if workers == 1:
         uvicorn.run("bench.http_api:bare_factory", factory=True, **options)

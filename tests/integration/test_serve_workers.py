@@ -203,6 +203,7 @@ def test_two_workers_serve_the_port_and_sigterm_stops_them_all(served: Served) -
     log = served.log.read_text()
     assert log.count("Finished server process") == WORKERS, log
     assert "Traceback" not in log, log
+    assert '"POST /v1/todos HTTP/1.1" 201' not in log, log  # WARNING: no access lines
 
 
 def test_a_burst_of_connections_is_spread_across_the_workers(served: Served) -> None:

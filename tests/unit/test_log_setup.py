@@ -106,3 +106,17 @@ def test_a_json_line_inside_a_command_carries_its_trace_and_correlation_ids(
         tracing.remove_processor(processor)
     assert fields["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert (fields["correlation_id"], fields["causation_id"]) == ("order-7", "request:1")
+
+
+@pytest.mark.parametrize(
+    ("level", "wanted"),
+    [(None, True), ("INFO", True), ("debug", True), ("WARNING", False), ("error", False)],
+)
+def test_the_api_writes_access_lines_only_at_info_or_below(
+    monkeypatch: pytest.MonkeyPatch, level: str | None, wanted: bool
+) -> None:
+    if level is None:
+        monkeypatch.delenv("TODO_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TODO_LOG_LEVEL", level)
+    assert log_setup.access_log_wanted() is wanted

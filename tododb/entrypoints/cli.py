@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tododb.entrypoints import consumer_cli, projections_cli, relay_cli
 from tododb.entrypoints.database_url import resolve_database_url
-from tododb.entrypoints.log_setup import configure_logging, uvicorn_log_config
+from tododb.entrypoints.log_setup import access_log_wanted, configure_logging, uvicorn_log_config
 from tododb.infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def serve(
         "host": host or settings.host,
         "port": settings.port if port is None else port,
         "log_level": "info",
+        "access_log": access_log_wanted(),
         "timeout_graceful_shutdown": 5,
     }
     log_config = uvicorn_log_config()
