@@ -85,6 +85,10 @@ class ConcurrencyConflict(Exception):
     """Retries ran out while other writers kept winning the next version."""
 
 
+class _StaleCopy(Exception):
+    """This process's copy of a todo is behind the store (another process wrote it)."""
+
+
 class IdempotencyKeyReused(Exception):
     """An Idempotency-Key came back with a different request body."""
 
@@ -857,36 +861,95 @@ class TodoApplication(Application[UUID]):
         *,
         allow_deleted: bool = False,
     ) -> CommandResult:
-        """Load, check access, decide, append; on a lost race reload and decide again.
+        """Load, check access, decide, append; on a lost race catch up and decide again.
 
         With ``expected_version`` the caller has pinned the state it decided on, so a
         lost race is the caller's conflict (412), never retried here. Commands need an
         editor of the todo's list; a todo in the actor's own Inbox needs no other read.
-        A todo this process just stored is brought up to date from the events stored
-        since (usually none) instead of being replayed from its first event.
+        A todo this process just stored is decided on as it stored it, unread, and
+        checked by its own append (``_decide_on_cached``); others are replayed. Each
+        attempt decides on a copy, so that a lost one costs only a read of the events
+        stored since (a hot todo's whole history is never replayed again); a copy that
+        was merely behind is retried at once, a race lost on a current one after a
+        jittered backoff.
         """
-        for attempt in range(self.conflict_retries + 1):
-            if attempt:
-                # Jittered backoff: racing writers spread out instead of colliding again.
-                time.sleep(CONFLICT_BACKOFF.delay(attempt))
+        base, unread = self._starting_copy(todo_id, expected_version)
+        races = 0
+        while True:
             try:
-                todo = self._current_todo(todo_id)
+                if unread:
+                    return self._decide_on_cached(
+                        actor, base.detached_copy(), command, expected_version, allow_deleted
+                    )
                 return self._decide_and_append(
-                    actor, todo, command, expected_version, allow_deleted=allow_deleted
+                    actor,
+                    base.detached_copy(),
+                    command,
+                    expected_version,
+                    allow_deleted=allow_deleted,
                 )
-            except RecordConflictError:
-                if expected_version is not None:
-                    raise PreconditionFailed(self._load_todo(todo_id).version) from None
-        raise ConcurrencyConflict(f"todo {todo_id}: gave up after {self.conflict_retries} retries")
+            except (_StaleCopy, RecordConflictError):
+                if not unread and expected_version is None:
+                    races += 1
+                    if races > self.conflict_retries:
+                        raise ConcurrencyConflict(
+                            f"todo {todo_id}: gave up after {self.conflict_retries} retries"
+                        ) from None
+                    # Jittered backoff: racing writers spread out instead of colliding again.
+                    time.sleep(CONFLICT_BACKOFF.delay(races))
+                base = mutate_all(base, self.events.get(todo_id, gt=base.version))
+                if not unread and expected_version is not None:
+                    raise PreconditionFailed(base.version) from None
+                unread = False  # behind (nobody raced it) or raced: up to date now
 
-    def _current_todo(self, todo_id: UUID) -> Todo:
-        """The todo as stored now: this process's copy fast-forwarded by the events stored
-        after it (by other processes), else replayed from the start."""
-        cached = self.recent.take(todo_id)
+    def _starting_copy(self, todo_id: UUID, expected_version: int | None) -> tuple[Todo, bool]:
+        """The todo to decide on first, and whether it is this process's copy, unread."""
+        cached = self._cached_as_is(todo_id, expected_version)
         if cached is None:
-            return self._load_todo(todo_id)
-        todo: Todo = mutate_all(cached, self.events.get(todo_id, gt=cached.version))
-        return todo
+            return self._load_todo(todo_id), False
+        return cached, True
+
+    def _cached_as_is(self, todo_id: UUID, expected_version: int | None) -> Todo | None:
+        """This process's copy of the todo, if it has one that the command may decide on
+        unread: with ``If-Match``, only a copy at that very version."""
+        cached = self.recent.take(todo_id)
+        if cached is None or expected_version in (None, cached.version):
+            return cached
+        return None
+
+    def _decide_on_cached(
+        self,
+        actor: str,
+        todo: Todo,
+        command: Callable[[Todo, Access], None],
+        expected_version: int | None,
+        allow_deleted: bool,
+    ) -> CommandResult:
+        """Decide on ``todo`` as this process last stored it, without reading the store.
+
+        A decision that makes events needs no read: its append proves the copy current,
+        as the store refuses a version already taken (``RecordConflictError``: another
+        process wrote the todo since). A decision that stores nothing (a refusal, or no
+        change) proves nothing, so it stands only if no newer event exists
+        (``_StaleCopy`` otherwise). Either way the caller brings its copy up to date and
+        decides again, without backing off: this process was behind, nobody raced it.
+        """
+        version = todo.version
+        try:
+            made = self._decide(actor, todo, command, expected_version, allow_deleted=allow_deleted)
+        except Exception:
+            if self._stored_after(todo.id, version):
+                raise _StaleCopy from None
+            raise
+        if made:
+            return self._save(todo)
+        if self._stored_after(todo.id, version):
+            raise _StaleCopy
+        self.recent.put(todo)
+        return CommandResult(todo, self._last_position(todo.id), recorded=False)
+
+    def _stored_after(self, todo_id: UUID, version: int) -> bool:
+        return bool(self.recorder.select_events(todo_id, gt=version, limit=1))
 
     def _decide_and_append(
         self,
@@ -899,6 +962,20 @@ class TodoApplication(Application[UUID]):
     ) -> CommandResult:
         """One attempt of ``command`` on ``todo`` as loaded; ``RecordConflictError`` if
         another writer stored the todo's next version first."""
+        if not self._decide(actor, todo, command, expected_version, allow_deleted=allow_deleted):
+            return CommandResult(todo, self._last_position(todo.id), recorded=False)
+        return self._save(todo)
+
+    def _decide(
+        self,
+        actor: str,
+        todo: Todo,
+        command: Callable[[Todo, Access], None],
+        expected_version: int | None,
+        *,
+        allow_deleted: bool,
+    ) -> bool:
+        """Check access and the precondition, run ``command``; whether it made events."""
         access = self._todo_access(actor, todo)
         _require(access, Role.EDITOR)
         if expected_version is not None and todo.version != expected_version:
@@ -911,9 +988,7 @@ class TodoApplication(Application[UUID]):
             raise TodoGone(str(todo.id)) from None
         except ListDeletedError:
             raise ListNotFound(str(todo.list_id)) from None
-        if not todo.pending_events:
-            return CommandResult(todo, self._last_position(todo.id), recorded=False)
-        return self._save(todo)
+        return bool(todo.pending_events)
 
     def _execute_list(
         self,

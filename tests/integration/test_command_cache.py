@@ -1,5 +1,6 @@
-"""A process brings the todos it has just stored up to date from the events stored since,
-instead of replaying them: never a stale decision, whoever else writes.
+"""A process decides on the todos it has just stored without reading them again, and
+never on a stale copy, whoever else writes: an append proves the copy current, and a
+decision that appends nothing is checked against the store.
 
 Two applications on one database stand for two API processes.
 """
@@ -39,14 +40,14 @@ class Reads:
         app.recorder.select_events = recorded  # type: ignore[method-assign]
 
 
-def test_a_todo_this_process_just_stored_is_read_from_its_last_version_on(
+def test_a_todo_this_process_just_stored_needs_no_read(
     fresh_app: TodoApplication, other: TodoApplication
 ) -> None:
     todo = fresh_app.create_todo("ann", title="first").todo
     reads = Reads(fresh_app)
     fresh_app.update_todo("ann", todo.id, {"title": "second"})
     result = fresh_app.complete_todo("ann", todo.id)
-    assert reads.after == [1, 2]  # only what is newer than its own copy
+    assert reads.after == []  # each append proved this process's copy current
     assert result.recorded
     stored = other.get_todo("ann", todo.id)
     assert (stored.title, stored.status.value, stored.version) == ("second", "completed", 3)
@@ -119,3 +120,35 @@ def test_a_command_that_fails_leaves_nothing_half_decided_behind(
     result = fresh_app.update_todo("ann", todo.id, {"priority": "low"})
     assert (result.todo.title, result.todo.version) == ("clean", 2)
     assert other.get_todo("ann", todo.id).title == "clean"
+
+
+def test_a_stale_copy_that_would_change_nothing_is_checked_against_the_store(
+    fresh_app: TodoApplication, other: TodoApplication
+) -> None:
+    todo = fresh_app.create_todo("ann", title="mine").todo
+    other.update_todo("ann", todo.id, {"title": "theirs"})
+    reads = Reads(fresh_app)
+    # This process's copy already says "mine": no event to append, so nothing would
+    # prove the copy current. The store says "theirs": the rename back is recorded.
+    result = fresh_app.update_todo("ann", todo.id, {"title": "mine"})
+    assert (result.recorded, result.todo.title, result.todo.version) == (True, "mine", 3)
+    assert reads.after[0] == 1  # the check: anything newer than the copy's version?
+    assert other.get_todo("ann", todo.id).title == "mine"
+    # Fresh and unchanged: answered as unchanged, after the same check.
+    again = fresh_app.update_todo("ann", todo.id, {"title": "mine"})
+    assert (again.recorded, again.todo.version) == (False, 3)
+
+
+def test_a_stale_copy_that_refuses_is_checked_against_the_store(
+    fresh_app: TodoApplication, other: TodoApplication
+) -> None:
+    todo = fresh_app.create_todo("ann", title="gone soon").todo
+    fresh_app.delete_todo("ann", todo.id)
+    # This process's copy is deleted; were the store's todo changed since, the refusal
+    # would be re-decided on it. Here the store agrees: 410 stands.
+    with pytest.raises(TodoGone):
+        fresh_app.update_todo("ann", todo.id, {"title": "too late"})
+    with pytest.raises(TodoGone):  # the other process agrees, and nothing was appended
+        other.get_todo("ann", todo.id)
+    assert other.get_todo("ann", todo.id, version=2).deleted
+    assert len(other.list_events("ann", todo.id)) == 2

@@ -121,6 +121,43 @@ def test_a_conflict_a_valid_command_and_bad_data_in_one_batch_each_get_their_own
     assert fresh_app.get_todo("mixer", valid_todo.id).tags == ["a"]
 
 
+def test_a_lost_race_is_answered_alone_and_the_rest_stored_by_one_more_statement(
+    fresh_app: TodoApplication, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual loser is a process whose copy of a todo was behind. Its batch is not
+    written again under a check: one more statement leaves it out and stores the rest."""
+    contested, conflicting = a_lost_race(fresh_app, "behind")
+    todos = [Todo.create(owner="behind", title=f"fine {i}") for i in range(3)]
+    todos[1].change_title("two events, stored whole")
+    commands = [
+        stored(fresh_app, todos[0]),
+        conflicting,
+        *(stored(fresh_app, t) for t in todos[1:]),
+    ]
+    writer = recorder_of(fresh_app).writer
+
+    def no_second_pass(*_: object) -> None:
+        raise AssertionError("the batch was written again")
+
+    monkeypatch.setattr(writer, "_write_checked", no_second_pass)
+    monkeypatch.setattr(writer, "_write_isolated", no_second_pass)
+    first, lost, *rest = recorder_of(fresh_app).write_batch(commands)
+
+    with pytest.raises(RecordConflictError):
+        lost.outcome()
+    rows = rows_of(fresh_database_url, [t.id for t in todos])
+    assert [r[2] for r in rows] == [*first.outcome(), *(p for item in rest for p in item.outcome())]
+    assert [(r[0], r[1]) for r in rows] == [
+        (todos[0].id, 1),
+        (todos[1].id, 1),
+        (todos[1].id, 2),
+        (todos[2].id, 1),
+    ]
+    assert len({xmin for *_, xmin in rows}) == 1  # one transaction
+    after = fresh_app.get_todo("behind", contested.id)
+    assert (after.title, after.version) == ("won the race", 2)
+
+
 def test_a_batch_is_one_transaction_and_the_first_of_two_rivals_wins(
     fresh_app: TodoApplication, fresh_database_url: str
 ) -> None:

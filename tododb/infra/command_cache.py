@@ -1,17 +1,16 @@
-"""The aggregates this process has just stored, so that its next command on one reads only
-the events stored since (usually none) instead of replaying the aggregate's whole history
-(the service layer keeps its todos here; the library's cache does the same, with a deep
-copy on every read).
+"""The aggregates this process has just stored, so that its next command on one needs no
+read at all in the usual case, instead of replaying the aggregate's whole history (the
+service layer keeps its todos here; the library's cache does the same, with a deep copy
+on every read).
 
 An entry is taken out while a command uses it (no two commands share one object) and put
 back, as a copy, only after a successful append. The cache holds at most ``maxsize``
 aggregates, least recently written dropped first; a size of 0 turns it off.
 
-Why a fast-forward, and not a decision on the cached state alone: with two API processes
-and a hot todo, most cached copies are a version behind, each such command lost its
-append and was retried, and a lost race sends its whole batch down the group commit's
-slower path (bench/workload.py, 16 writers in 2 processes: p99 59 → 231 ms at 300
-commands/s, conflicts 51 → 233).
+A copy may be behind: another process may have written the aggregate since. The service
+layer decides on it anyway and lets the append check it (the store refuses a version
+already taken); a decision that appends nothing is checked by a read instead
+(``TodoApplication._decide_on_cached``).
 """
 
 from __future__ import annotations
