@@ -867,7 +867,7 @@ class TodoApplication(Application[UUID]):
         lost race is the caller's conflict (412), never retried here. Commands need an
         editor of the todo's list; a todo in the actor's own Inbox needs no other read.
         A todo this process just stored is decided on as it stored it, unread, and
-        checked by its own append (``_decide_on_cached``); others are replayed. Each
+        checked by its own append (``_decide_and_append``); others are replayed. Each
         attempt decides on a copy, so that a lost one costs only a read of the events
         stored since (a hot todo's whole history is never replayed again); a copy that
         was merely behind is retried at once, a race lost on a current one after a
@@ -877,16 +877,13 @@ class TodoApplication(Application[UUID]):
         races = 0
         while True:
             try:
-                if unread:
-                    return self._decide_on_cached(
-                        actor, base.detached_copy(), command, expected_version, allow_deleted
-                    )
                 return self._decide_and_append(
                     actor,
                     base.detached_copy(),
                     command,
                     expected_version,
                     allow_deleted=allow_deleted,
+                    unread=unread,
                 )
             except (_StaleCopy, RecordConflictError):
                 if not unread and expected_version is None:
@@ -917,37 +914,6 @@ class TodoApplication(Application[UUID]):
             return cached
         return None
 
-    def _decide_on_cached(
-        self,
-        actor: str,
-        todo: Todo,
-        command: Callable[[Todo, Access], None],
-        expected_version: int | None,
-        allow_deleted: bool,
-    ) -> CommandResult:
-        """Decide on ``todo`` as this process last stored it, without reading the store.
-
-        A decision that makes events needs no read: its append proves the copy current,
-        as the store refuses a version already taken (``RecordConflictError``: another
-        process wrote the todo since). A decision that stores nothing (a refusal, or no
-        change) proves nothing, so it stands only if no newer event exists
-        (``_StaleCopy`` otherwise). Either way the caller brings its copy up to date and
-        decides again, without backing off: this process was behind, nobody raced it.
-        """
-        version = todo.version
-        try:
-            made = self._decide(actor, todo, command, expected_version, allow_deleted=allow_deleted)
-        except Exception:
-            if self._stored_after(todo.id, version):
-                raise _StaleCopy from None
-            raise
-        if made:
-            return self._save(todo)
-        if self._stored_after(todo.id, version):
-            raise _StaleCopy
-        self.recent.put(todo)
-        return CommandResult(todo, self._last_position(todo.id), recorded=False)
-
     def _stored_after(self, todo_id: UUID, version: int) -> bool:
         return bool(self.recorder.select_events(todo_id, gt=version, limit=1))
 
@@ -959,12 +925,32 @@ class TodoApplication(Application[UUID]):
         expected_version: int | None,
         *,
         allow_deleted: bool,
+        unread: bool = False,
     ) -> CommandResult:
-        """One attempt of ``command`` on ``todo`` as loaded; ``RecordConflictError`` if
-        another writer stored the todo's next version first."""
-        if not self._decide(actor, todo, command, expected_version, allow_deleted=allow_deleted):
-            return CommandResult(todo, self._last_position(todo.id), recorded=False)
-        return self._save(todo)
+        """One attempt of ``command`` on ``todo``; ``RecordConflictError`` if another
+        writer stored the todo's next version first.
+
+        ``unread``: ``todo`` is this process's copy as it last stored it, not read from
+        the store. A decision that makes events needs no read: its append proves the
+        copy current, as the store refuses a version already taken. A decision that
+        stores nothing (a refusal, or no change) proves nothing, so it stands only if no
+        newer event exists (``_StaleCopy`` otherwise). Either way the caller brings its
+        copy up to date and decides again, without backing off: nobody raced it.
+        """
+        version = todo.version
+        try:
+            made = self._decide(actor, todo, command, expected_version, allow_deleted=allow_deleted)
+        except Exception:
+            if unread and self._stored_after(todo.id, version):
+                raise _StaleCopy from None
+            raise
+        if made:
+            return self._save(todo)
+        if unread:
+            if self._stored_after(todo.id, version):
+                raise _StaleCopy
+            self.recent.put(todo)
+        return CommandResult(todo, self._last_position(todo.id), recorded=False)
 
     def _decide(
         self,

@@ -10,7 +10,7 @@ aggregates, least recently written dropped first; a size of 0 turns it off.
 A copy may be behind: another process may have written the aggregate since. The service
 layer decides on it anyway and lets the append check it (the store refuses a version
 already taken); a decision that appends nothing is checked by a read instead
-(``TodoApplication._decide_on_cached``).
+(``TodoApplication._decide_and_append``).
 """
 
 from __future__ import annotations
