@@ -894,25 +894,25 @@ class TodoApplication(Application[UUID]):
                         ) from None
                     # Jittered backoff: racing writers spread out instead of colliding again.
                     time.sleep(CONFLICT_BACKOFF.delay(races))
-                base = mutate_all(base, self.events.get(todo_id, gt=base.version))
+                base = self._caught_up(base)
                 if not unread and expected_version is not None:
                     raise PreconditionFailed(base.version) from None
                 unread = False  # behind (nobody raced it) or raced: up to date now
 
     def _starting_copy(self, todo_id: UUID, expected_version: int | None) -> tuple[Todo, bool]:
-        """The todo to decide on first, and whether it is this process's copy, unread."""
-        cached = self._cached_as_is(todo_id, expected_version)
+        """The todo to decide on first, and whether it is this process's copy, unread:
+        with ``If-Match``, only a copy at that very version is; another is caught up."""
+        cached = self.recent.take(todo_id)
         if cached is None:
             return self._load_todo(todo_id), False
-        return cached, True
+        if expected_version in (None, cached.version):
+            return cached, True
+        return self._caught_up(cached), False
 
-    def _cached_as_is(self, todo_id: UUID, expected_version: int | None) -> Todo | None:
-        """This process's copy of the todo, if it has one that the command may decide on
-        unread: with ``If-Match``, only a copy at that very version."""
-        cached = self.recent.take(todo_id)
-        if cached is None or expected_version in (None, cached.version):
-            return cached
-        return None
+    def _caught_up(self, todo: Todo) -> Todo:
+        """``todo`` (this process's own) with the events stored after it applied."""
+        caught_up: Todo = mutate_all(todo, self.events.get(todo.id, gt=todo.version))
+        return caught_up
 
     def _stored_after(self, todo_id: UUID, version: int) -> bool:
         return bool(self.recorder.select_events(todo_id, gt=version, limit=1))

@@ -209,11 +209,7 @@ class BatchWriter:
         (lock, NOTIFY, INSERT) run on the autocommit connection, committed by the server
         before it answers. One round trip, and no BEGIN, COMMIT or pipeline to drive
         (they cost the client more than twice the CPU of the statement itself)."""
-        if not conn.autocommit:
-            raise ProgrammingError("the batch writer needs an autocommit connection")
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(self.append_sql, _columns(all_keys(batch), _events(batch)))
-            positions = positions_by_key(cur.fetchall())
+        positions = _appended(conn, self.append_sql, _columns(all_keys(batch), _events(batch)))
         return [[positions[key] for key in item.keys] for item in batch]
 
     def _store_each(self, conn: Connection[Any], batch: list[Append]) -> list[Outcome]:
@@ -221,14 +217,9 @@ class BatchWriter:
         version already stored, most often by a process whose copy was current) is
         answered with its own conflict and the others are stored all the same: one
         statement, one round trip, whoever lost."""
-        if not conn.autocommit:
-            raise ProgrammingError("the batch writer needs an autocommit connection")
         commands = arrays.bigints([n for n, item in enumerate(batch) for _ in item.keys])
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                self.append_each_sql, (*_columns(all_keys(batch), _events(batch)), commands)
-            )
-            positions = positions_by_key(cur.fetchall())
+        columns = (*_columns(all_keys(batch), _events(batch)), commands)
+        positions = _appended(conn, self.append_each_sql, columns)
         return [_stored_or_lost(item, positions) for item in batch]
 
     def _write_checked(self, conn: Connection[Any], batch: list[Append]) -> list[Outcome]:
@@ -294,6 +285,16 @@ def append_lock(schema: str, table: str) -> Composed:
     return SQL("pg_advisory_xact_lock(hashtext({}), hashtext({}))").format(
         Literal(_APPEND_LOCK), Literal(f"{schema}.{table}")
     )
+
+
+def _appended(conn: Connection[Any], statement: bytes, params: tuple[Any, ...]) -> dict[Key, int]:
+    """Run one append function on the autocommit connection (the statement is its own
+    transaction); the positions of the rows it stored, by key."""
+    if not conn.autocommit:
+        raise ProgrammingError("the batch writer needs an autocommit connection")
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(statement, params)
+        return positions_by_key(cur.fetchall())
 
 
 def _stored_or_lost(item: Append, positions: dict[Key, int]) -> Outcome:
