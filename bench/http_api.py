@@ -210,6 +210,10 @@ def server(argv: list[str], env: dict[str, str], workers: int, port: int) -> Ite
         shutil.rmtree(log_path.parent, ignore_errors=True)
 
 
+LOG_LEVEL = "WARNING"
+"""Of every benchmarked server, ours and the bare apps alike (no access line a request)."""
+
+
 def api_env(url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a benchmarked API process: ``url``'s database, ``SECRET``, no
     rate limits (the load would hit them), a data directory of its own."""
@@ -219,7 +223,7 @@ def api_env(url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         "DATABASE_URL": url,
         "TODO_JWT_SECRET": SECRET,
         "TODO_RATE_LIMIT_ENABLED": "false",
-        "TODO_LOG_LEVEL": "WARNING",
+        "TODO_LOG_LEVEL": LOG_LEVEL,
         "TODO_DATA_DIR": tempfile.mkdtemp(prefix="tododb-bench-api-data-"),
     }
 
@@ -261,7 +265,7 @@ def bare(workers: int, style: str = "def") -> Any:
     serves the API."""
     port = free_port()
     argv = [sys.executable, __file__, "--serve-bare", str(port), "--workers", str(workers)]
-    env = {**os.environ, "TODO_BENCH_BARE": style, "TODO_LOG_LEVEL": api_env("")["TODO_LOG_LEVEL"]}
+    env = {**os.environ, "TODO_BENCH_BARE": style, "TODO_LOG_LEVEL": LOG_LEVEL}
     return server(argv, env, workers, port)
 
 
