@@ -115,6 +115,17 @@ def test_a_traced_command_is_one_server_span_and_one_append_span(
         ("POST /v1/todos", SpanKind.SERVER),
         ("event_store.append", SpanKind.INTERNAL),
     ]
+    (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    (append,) = [s for s in spans if s.kind == SpanKind.INTERNAL]
+    assert server.parent is not None
+    assert server.parent.span_id == 0x00F067AA0BA902B7  # the caller's span
+    assert append.parent is not None
+    assert append.parent.span_id == server.context.span_id
+    assert dict(server.attributes or {}) == {
+        "http.request.method": "POST",
+        "http.route": "/v1/todos",
+        "http.response.status_code": 201,
+    }
 
 
 def test_a_command_outside_any_request_is_stored_in_its_append_spans_trace(

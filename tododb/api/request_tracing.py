@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,16 +56,22 @@ class RequestTracing:
             with command_context(correlation, causation, incoming=carrier) as ctx:
                 await self.app(scope, receive, _answering(send, ctx, None, scope, method))
             return
-        with (
-            tracer.start_as_current_span(
-                method,  # renamed to "METHOD /route/{template}" once routed: few distinct names
-                context=_propagator.extract(carrier),
-                kind=trace.SpanKind.SERVER,
-                attributes={"http.request.method": method},
-            ) as span,
-            command_context(correlation, causation) as ctx,
-        ):
-            await self.app(scope, receive, _answering(send, ctx, span, scope, method))
+        span = tracer.start_span(
+            method,  # renamed to "METHOD /route/{template}" once routed: few distinct names
+            context=_propagator.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            with command_context(correlation, causation) as ctx:
+                await self.app(scope, receive, _answering(send, ctx, span, scope, method))
+        except BaseException as error:
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
 
 
 def _answering(
@@ -75,17 +82,27 @@ def _answering(
     async def answer(message: Message) -> None:
         if message["type"] == "http.response.start":
             if span is not None:
-                route = getattr(scope.get("route"), "path", None)
-                if route:
-                    span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", message["status"])
+                _name(span, scope, method, message["status"])
             headers = list(message.get("headers", []))
             headers.append((_CORRELATION, ctx.correlation_id.encode()))
             message = {**message, "headers": headers}
         await send(message)
 
     return answer
+
+
+def _name(span: trace.Span, scope: Scope, method: str, status: int) -> None:
+    """The span's route and outcome, set once the request is routed and answered (one
+    call each: the SDK takes a lock per call)."""
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "http.response.status_code": status,
+    }
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        span.update_name(f"{method} {route}")
+        attributes["http.route"] = route
+    span.set_attributes(attributes)
 
 
 async def _reject(scope: Scope, send: Send) -> None:

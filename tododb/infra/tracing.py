@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
-import secrets
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -83,14 +83,25 @@ class CommandContext:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID from ``random``, not ``os.urandom``: these ids are not
+    secrets, and the system call lets another thread take the GIL for up to a switch
+    interval, on every request."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def current_trace_headers() -> dict[str, str]:
-    """``traceparent`` (and ``tracestate``) of the current span, if it is a real one."""
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
-    return carrier
+    """``traceparent`` (and ``tracestate``) of the current span, if it is a real one: what
+    the W3C propagator's ``inject`` writes, without its detour through a context."""
+    span = trace.get_current_span()
+    parent = _traceparent_of(span)
+    if parent is None:
+        return {}
+    state = span.get_span_context().trace_state
+    return (
+        {"traceparent": parent, "tracestate": state.to_header()}
+        if state
+        else {"traceparent": parent}
+    )
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -109,8 +120,10 @@ def _valid_trace_headers(incoming: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _new_traceparent() -> str:
-    """A new trace's context (W3C: random 128-bit trace id, 64-bit parent id, sampled)."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    """A new trace's context (W3C: random 128-bit trace id, 64-bit parent id, sampled),
+    from ``random`` as the SDK's own id generator does (see ``new_id``)."""
+    trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1  # 0: invalid
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
 
 
 @contextmanager
@@ -168,6 +181,12 @@ def _traceparent_of(span: trace.Span) -> str | None:
 def append_span() -> Iterator[trace.Span]:
     """The ``event_store.append`` span, a child of the current one. Not made current:
     nothing inside makes spans, and attaching it would cost a third of the span."""
+    current = trace.get_current_span()
+    if current.get_span_context().is_valid and not current.is_recording():
+        # An unsampled command (OTEL_TRACES_SAMPLER): every standard sampler leaves its
+        # children unsampled too, so the SDK's non-recording child would only cost.
+        yield current
+        return
     span = tracer.start_span("event_store.append")
     try:
         yield span
