@@ -92,8 +92,8 @@ def _answering(
 
 
 def _name(span: trace.Span, scope: Scope, method: str, status: int) -> None:
-    """The span's route and outcome, set once the request is routed and answered (one
-    call each: the SDK takes a lock per call)."""
+    """The span's route and outcome, set once the request is routed and answered, in one
+    call (the SDK takes a lock per call)."""
     attributes: dict[str, str | int] = {
         "http.request.method": method,
         "http.response.status_code": status,

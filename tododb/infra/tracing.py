@@ -83,9 +83,9 @@ class CommandContext:
 
 
 def new_id() -> str:
-    """A random (version 4) UUID from ``random``, not ``os.urandom``: these ids are not
-    secrets, and the system call lets another thread take the GIL for up to a switch
-    interval, on every request."""
+    """A random (version 4) UUID from ``random`` (seeded by the OS at start and again in a
+    forked child), not ``os.urandom``: these ids are not secrets, and the system call
+    lets another thread take the GIL for up to a switch interval, on every request."""
     return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
