@@ -137,8 +137,8 @@ def create_app(
     metrics = Metrics(services.positions, services.projections.quarantined_counts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # A request is matched against the routers in order, and each router it passes costs
-    # ~5 µs and ~3 µs a route: the commands and their reads first; the long-lived streams
-    # (a request each per client session) after them.
+    # ~5 µs and ~3 µs a route: the commands and their reads first; delta sync and the live
+    # stream (a client's polls, and one long-lived request per session) after them.
     for module in (
         queries,
         todos,

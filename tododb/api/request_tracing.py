@@ -60,14 +60,17 @@ class RequestTracing:
             method,  # renamed to "METHOD /route/{template}" once routed: few distinct names
             context=_propagator.extract(carrier),
             kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": method},  # at the start: samplers see it
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             with command_context(correlation, causation) as ctx:
                 await self.app(scope, receive, _answering(send, ctx, span, scope, method))
-        except BaseException as error:
+        except Exception as error:  # as the SDK's use_span: a cancelled request is no error
+            _name(span, scope, method)  # a 500 is answered outside this middleware
             span.record_exception(error)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+            description = f"{type(error).__name__}: {error}"
+            span.set_status(trace.Status(trace.StatusCode.ERROR, description))
             raise
         finally:
             otel_context.detach(token)
@@ -91,18 +94,18 @@ def _answering(
     return answer
 
 
-def _name(span: trace.Span, scope: Scope, method: str, status: int) -> None:
-    """The span's route and outcome, set once the request is routed and answered, in one
-    call (the SDK takes a lock per call)."""
-    attributes: dict[str, str | int] = {
-        "http.request.method": method,
-        "http.response.status_code": status,
-    }
+def _name(span: trace.Span, scope: Scope, method: str, status: int | None = None) -> None:
+    """The span's route, once the request is routed, and its status code, once answered,
+    set in one call (the SDK takes a lock per call)."""
+    attributes: dict[str, str | int] = {}
+    if status is not None:
+        attributes["http.response.status_code"] = status
     route = getattr(scope.get("route"), "path", None)
     if route:
         span.update_name(f"{method} {route}")
         attributes["http.route"] = route
-    span.set_attributes(attributes)
+    if attributes:
+        span.set_attributes(attributes)
 
 
 async def _reject(scope: Scope, send: Send) -> None:

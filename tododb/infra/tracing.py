@@ -82,16 +82,24 @@ class CommandContext:
         )
 
 
+_rng = random.Random()  # noqa: S311 (not secrets: see below)
+"""Ids' own generator (seeded by the OS, and again in a forked child): not ``os.urandom``,
+whose system call lets another thread take the GIL for up to a switch interval, on every
+request; not the global one, which a test or a library may seed. These ids are not
+secrets (the SDK's own id generator uses ``random`` too)."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_rng.seed)
+
+
 def new_id() -> str:
-    """A random (version 4) UUID from ``random`` (seeded by the OS at start and again in a
-    forked child), not ``os.urandom``: these ids are not secrets, and the system call
-    lets another thread take the GIL for up to a switch interval, on every request."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    """A random (version 4) UUID, from ``_rng``."""
+    return str(uuid.UUID(int=_rng.getrandbits(128), version=4))
 
 
 def current_trace_headers() -> dict[str, str]:
-    """``traceparent`` (and ``tracestate``) of the current span, if it is a real one: what
-    the W3C propagator's ``inject`` writes, without its detour through a context."""
+    """``traceparent`` (and ``tracestate``) of the current span, if its context is valid:
+    what the W3C propagator's ``inject`` writes for it, without the detour through a
+    context."""
     span = trace.get_current_span()
     parent = _traceparent_of(span)
     if parent is None:
@@ -121,8 +129,8 @@ def _valid_trace_headers(incoming: Mapping[str, str] | None) -> dict[str, str]:
 
 def _new_traceparent() -> str:
     """A new trace's context (W3C: random 128-bit trace id, 64-bit parent id, sampled),
-    from ``random`` as the SDK's own id generator does (see ``new_id``)."""
-    trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1  # 0: invalid
+    from ``_rng``."""
+    trace_id, span_id = _rng.getrandbits(128) or 1, _rng.getrandbits(64) or 1  # 0: invalid
     return f"00-{trace_id:032x}-{span_id:016x}-01"
 
 
@@ -182,8 +190,10 @@ def append_span() -> Iterator[trace.Span]:
     """The ``event_store.append`` span, a child of the current one. Not made current:
     nothing inside makes spans, and attaching it would cost a third of the span."""
     current = trace.get_current_span()
-    if current.get_span_context().is_valid and not current.is_recording():
-        # An unsampled command (OTEL_TRACES_SAMPLER): every standard sampler leaves its
+    context = current.get_span_context()
+    if context.is_valid and not context.trace_flags.sampled and not current.is_recording():
+        # An unsampled command (OTEL_TRACES_SAMPLER): the standard samplers (the
+        # parent-based ones, and a trace id ratio, which decides the same again) leave its
         # children unsampled too, so the SDK's non-recording child would only cost.
         yield current
         return
