@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -301,6 +302,33 @@ async def test_a_coroutine_cancelled_just_after_being_made_leader_hands_the_lead
         await task
     assert list(gc._queue) == [behind]
     assert behind.lead  # the lead moved on instead of being lost
+
+
+async def test_the_coroutines_of_a_batch_are_woken_with_one_call_into_their_loop() -> None:
+    loop = asyncio.get_running_loop()
+    calls: list[object] = []
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if callback.__module__ == GroupCommitter.__module__:  # not asyncio's own
+            calls.append(callback)
+        return original(callback, *args, **kwargs)
+
+    async with held() as (store, gc):
+        first = await first_batch(store, gc)
+        rest = [asyncio.create_task(gc.append_async(events())) for _ in range(5)]
+        await until(lambda: len(gc._queue) == 5, "five commands to queue")
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+        try:
+            store.hold.set()
+            outcomes = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+        finally:
+            del loop.call_soon_threadsafe  # the loop's own method again
+    assert [len(b) for b in store.batches] == [1, 5]
+    assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
+    # One a batch: the first's command with the queue's head (made leader), the second's
+    # five commands.
+    assert len(calls) == 2
 
 
 async def test_no_connection_fails_a_coroutine_with_the_database_unavailable() -> None:

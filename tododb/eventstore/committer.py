@@ -12,6 +12,9 @@ transactions (and WAL flushes) grows with the commit rate, not with the command 
 A writer may also be a coroutine (``append_async``, the API's path): it waits on its
 event loop instead of holding a thread, and when it is to lead, its batch is written on
 the committer's own thread, so a batch of N commands costs one thread hand-off, not N.
+The coroutines a batch answers are woken with one call into their loop, not one each:
+each such call is a system call that lets the loop's thread take the GIL, which the
+writing thread then waits for, up to a switch interval (5 ms), to finish its batch.
 
 The database work is handed in (``write``), so the queueing is tested without a database.
 """
@@ -23,7 +26,7 @@ import contextlib
 import copy
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
@@ -111,9 +114,11 @@ class AsyncAppend(Append):
         return None  # woken through its loop, not by a thread's Event
 
     def _notify(self) -> None:
-        # A closed loop raises RuntimeError: its writer is gone, nobody is left to wake.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._settle)
+        deferred: list[AsyncAppend] | None = getattr(_wakes, "deferred", None)
+        if deferred is not None:
+            deferred.append(self)  # woken with the rest of its batch (``_woken_together``)
+            return
+        _wake_on_loop(self._loop, [self])
 
     def _settle(self) -> None:
         if not self._woken.done():
@@ -122,6 +127,41 @@ class AsyncAppend(Append):
     async def woken(self) -> None:
         """Until answered or made leader (both are set before the wake is sent)."""
         await self._woken
+
+
+_wakes = threading.local()
+"""The coroutines this thread is to wake once its batch is done (``deferred``)."""
+
+
+@contextlib.contextmanager
+def _woken_together() -> Iterator[None]:
+    """Wake the coroutines whose commands are answered (or made leader) inside once it is
+    done, with one ``call_soon_threadsafe`` per event loop."""
+    if getattr(_wakes, "deferred", None) is not None:  # inside another: it wakes them
+        yield
+        return
+    deferred: list[AsyncAppend] = []
+    _wakes.deferred = deferred
+    try:
+        yield
+    finally:
+        _wakes.deferred = None
+        by_loop: dict[asyncio.AbstractEventLoop, list[AsyncAppend]] = {}
+        for item in deferred:
+            by_loop.setdefault(item._loop, []).append(item)
+        for loop, items in by_loop.items():
+            _wake_on_loop(loop, items)
+
+
+def _wake_on_loop(loop: asyncio.AbstractEventLoop, items: list[AsyncAppend]) -> None:
+    # A closed loop raises RuntimeError: its writers are gone, nobody is left to wake.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle_all, items)
+
+
+def _settle_all(items: list[AsyncAppend]) -> None:
+    for item in items:
+        item._settle()
 
 
 class GroupCommitter(Generic[C]):
@@ -252,10 +292,11 @@ class GroupCommitter(Generic[C]):
                     self._promote_head()
 
     def _lead(self) -> None:
-        try:
-            self._write_batch(self._take, self._take_all)
-        finally:
-            self._hand_over()
+        with _woken_together():  # the batch's coroutines and the next leader, if one
+            try:
+                self._write_batch(self._take, self._take_all)
+            finally:
+                self._hand_over()
 
     def _write_batch(
         self, take: Callable[[], list[Append]], unreachable: Callable[[], list[Append]]
@@ -267,16 +308,17 @@ class GroupCommitter(Generic[C]):
         commands gets it. Anything left unanswered is a bug, answered as one.
         """
         batch: list[Append] | None = None
-        try:
-            with self._connect() as conn:
-                batch = take()
-                self._write(conn, batch)
-        except BaseException as e:
-            _fail_all(batch if batch is not None else unreachable(), e)
-            if not isinstance(e, Exception):
-                raise
-        if any(not item.answered for item in batch or []):
-            _fail_all(batch or [], Unanswered("the batch left this command unanswered"))
+        with _woken_together():
+            try:
+                with self._connect() as conn:
+                    batch = take()
+                    self._write(conn, batch)
+            except BaseException as e:
+                _fail_all(batch if batch is not None else unreachable(), e)
+                if not isinstance(e, Exception):
+                    raise
+            if any(not item.answered for item in batch or []):
+                _fail_all(batch or [], Unanswered("the batch left this command unanswered"))
 
     def _take(self) -> list[Append]:
         with self._lock:
