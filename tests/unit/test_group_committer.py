@@ -331,6 +331,62 @@ async def test_the_coroutines_of_a_batch_are_woken_with_one_call_into_their_loop
     assert len(calls) == 2
 
 
+class Stop(BaseException):
+    """Not an Exception: a batch interrupted as by KeyboardInterrupt."""
+
+
+async def test_a_batch_interrupted_wakes_its_coroutines_with_the_error_and_the_next_works() -> None:
+    async with held() as (store, gc):
+        first = await first_batch(store, gc)
+        rest = [asyncio.create_task(gc.append_async(events())) for _ in range(3)]
+        await until(lambda: len(gc._queue) == 3, "three commands to queue")
+        write = store.write
+
+        def interrupted(_conn: str, _batch: list[Append]) -> None:
+            gc._write = write
+            raise Stop
+
+        gc._write = interrupted  # the second batch
+        store.hold.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 5)
+    assert outcomes[0] == [1]
+    assert all(isinstance(o, Stop) for o in outcomes[1:])
+    # The committer's thread woke them all and kept no wake back: the next is answered.
+    assert await asyncio.wait_for(gc.append_async(events()), 5) == [2]
+    gc.close()
+
+
+async def test_a_committer_written_to_inside_another_s_batch_wakes_its_own() -> None:
+    """A ``write`` that appends through a second committer on the same thread: the
+    second's wakes are not held back until the first's batch is done (else its next
+    leader would never wake, and this thread's second append would wait for ever)."""
+    outer_store, inner_store = FakeStore(), FakeStore()
+    outer, inner = committer(outer_store), committer(inner_store)
+    inner_store.hold.clear()
+
+    def write(conn: str, batch: list[Append]) -> None:
+        inner.append(events())  # leads the inner committer's batch, held by the test
+        inner.append(events())  # follows the coroutine queued meanwhile, which leads
+        outer_store.write(conn, batch)
+
+    outer._write = write
+    pool = ThreadPoolExecutor(1)
+    try:
+        outer_done = asyncio.get_running_loop().run_in_executor(pool, outer.append, events())
+        await until(inner_store.writing.is_set, "the inner batch")
+        queued = asyncio.create_task(inner.append_async(events()))
+        await until(lambda: len(inner._queue) == 1, "a coroutine queued behind it")
+        inner_store.hold.set()
+        assert await asyncio.wait_for(outer_done, 5) == [1]
+        assert await asyncio.wait_for(queued, 5) == [2]
+    finally:
+        inner_store.hold.set()
+        pool.shutdown(wait=False)
+        outer.close()
+        inner.close()
+    assert sum(len(b) for b in inner_store.batches) == 3  # batched as the timing falls
+
+
 async def test_no_connection_fails_a_coroutine_with_the_database_unavailable() -> None:
     store = FakeStore()
     store.connect_error = DatabaseUnavailable("pool timeout")

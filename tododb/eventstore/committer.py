@@ -12,9 +12,9 @@ transactions (and WAL flushes) grows with the commit rate, not with the command 
 A writer may also be a coroutine (``append_async``, the API's path): it waits on its
 event loop instead of holding a thread, and when it is to lead, its batch is written on
 the committer's own thread, so a batch of N commands costs one thread hand-off, not N.
-The coroutines a batch answers are woken with one call into their loop, not one each:
-each such call is a system call that lets the loop's thread take the GIL, which the
-writing thread then waits for, up to a switch interval (5 ms), to finish its batch.
+The coroutines a batch answers, and the next leader, are woken with one call into their
+loop, not one each: each such call is a system call during which the loop's thread takes
+the GIL, which the writing thread then waits to get back, up to a switch interval (5 ms).
 
 The database work is handed in (``write``), so the queueing is tested without a database.
 """
@@ -103,18 +103,25 @@ class Append:
 
 
 class AsyncAppend(Append):
-    """A command whose writer is a coroutine: woken on its event loop, from any thread."""
+    """A command whose writer is a coroutine: woken on its event loop, from any thread
+    (with the others its committer wakes at once, ``wakes``: see ``_woken_together``)."""
 
-    def __init__(self, events: Sequence[StoredEvent], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        events: Sequence[StoredEvent],
+        loop: asyncio.AbstractEventLoop,
+        wakes: threading.local | None = None,
+    ) -> None:
         super().__init__(events)
         self._loop = loop
+        self._wakes = wakes
         self._woken: asyncio.Future[None] = loop.create_future()
 
     def _waker(self) -> None:
         return None  # woken through its loop, not by a thread's Event
 
     def _notify(self) -> None:
-        deferred: list[AsyncAppend] | None = getattr(_wakes, "deferred", None)
+        deferred: list[AsyncAppend] | None = getattr(self._wakes, "deferred", None)
         if deferred is not None:
             deferred.append(self)  # woken with the rest of its batch (``_woken_together``)
             return
@@ -129,23 +136,21 @@ class AsyncAppend(Append):
         await self._woken
 
 
-_wakes = threading.local()
-"""The coroutines this thread is to wake once its batch is done (``deferred``)."""
-
-
 @contextlib.contextmanager
-def _woken_together() -> Iterator[None]:
-    """Wake the coroutines whose commands are answered (or made leader) inside once it is
-    done, with one ``call_soon_threadsafe`` per event loop."""
-    if getattr(_wakes, "deferred", None) is not None:  # inside another: it wakes them
+def _woken_together(wakes: threading.local) -> Iterator[None]:
+    """Wake the coroutines whose commands a committer answers (or makes leader) inside,
+    once it is done, with one ``call_soon_threadsafe`` per event loop. ``wakes`` is the
+    committer's own, per thread (``deferred``): a batch of another committer, written
+    from inside this one's ``write``, wakes its coroutines itself."""
+    if getattr(wakes, "deferred", None) is not None:  # inside another: it wakes them
         yield
         return
     deferred: list[AsyncAppend] = []
-    _wakes.deferred = deferred
     try:
+        wakes.deferred = deferred
         yield
     finally:
-        _wakes.deferred = None
+        wakes.deferred = None
         by_loop: dict[asyncio.AbstractEventLoop, list[AsyncAppend]] = {}
         for item in deferred:
             by_loop.setdefault(item._loop, []).append(item)
@@ -183,6 +188,8 @@ class GroupCommitter(Generic[C]):
         self._leading = False
         self._room = threading.BoundedSemaphore(self.limits.queue)
         self._leader_thread: ThreadPoolExecutor | None = None
+        self._wakes = threading.local()
+        """This committer's deferred wakes, per thread (``_woken_together``)."""
 
     def append(self, events: Sequence[StoredEvent]) -> list[int]:
         """Store one command's events, with others' if they are waiting; their positions.
@@ -207,7 +214,7 @@ class GroupCommitter(Generic[C]):
         Cancelled while waiting, it leaves the queue as an interrupted ``append`` does; a
         batch already being written completes (the command may be stored, unanswered).
         """
-        item = AsyncAppend(events, asyncio.get_running_loop())
+        item = AsyncAppend(events, asyncio.get_running_loop(), self._wakes)
         await self._room_for_async()
         try:
             if self._enqueue(item) or await self._follow_async(item):
@@ -292,7 +299,7 @@ class GroupCommitter(Generic[C]):
                     self._promote_head()
 
     def _lead(self) -> None:
-        with _woken_together():  # the batch's coroutines and the next leader, if one
+        with _woken_together(self._wakes):  # the batch's coroutines and the next leader
             try:
                 self._write_batch(self._take, self._take_all)
             finally:
@@ -308,7 +315,7 @@ class GroupCommitter(Generic[C]):
         commands gets it. Anything left unanswered is a bug, answered as one.
         """
         batch: list[Append] | None = None
-        with _woken_together():
+        with _woken_together(self._wakes):
             try:
                 with self._connect() as conn:
                     batch = take()
