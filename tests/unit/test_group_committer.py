@@ -306,12 +306,12 @@ async def test_a_coroutine_cancelled_just_after_being_made_leader_hands_the_lead
 
 async def test_the_coroutines_of_a_batch_are_woken_with_one_call_into_their_loop() -> None:
     loop = asyncio.get_running_loop()
-    calls: list[object] = []
+    woken: list[list[AsyncAppend]] = []
     original = loop.call_soon_threadsafe
 
     def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
         if callback.__module__ == GroupCommitter.__module__:  # not asyncio's own
-            calls.append(callback)
+            woken.append(args[0])
         return original(callback, *args, **kwargs)
 
     async with held() as (store, gc):
@@ -326,9 +326,10 @@ async def test_the_coroutines_of_a_batch_are_woken_with_one_call_into_their_loop
             del loop.call_soon_threadsafe  # the loop's own method again
     assert [len(b) for b in store.batches] == [1, 5]
     assert sorted(p for o in outcomes for p in o) == list(range(1, 7))
-    # One a batch: the first's command with the queue's head (made leader), the second's
-    # five commands.
-    assert len(calls) == 2
+    # One call a batch: the first's command with the queue's head (made leader), then the
+    # second's five commands.
+    assert [len(items) for items in woken] == [2, 5]
+    assert woken[0][1] is woken[1][0]  # the head, woken to lead, then answered
 
 
 class Stop(BaseException):
@@ -366,7 +367,7 @@ async def test_a_committer_written_to_inside_another_s_batch_wakes_its_own() -> 
 
     def write(conn: str, batch: list[Append]) -> None:
         inner.append(events())  # leads the inner committer's batch, held by the test
-        inner.append(events())  # follows the coroutine queued meanwhile, which leads
+        inner.append(events())  # queued behind the coroutine woken to lead meanwhile
         outer_store.write(conn, batch)
 
     outer._write = write
