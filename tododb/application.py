@@ -694,6 +694,14 @@ class TodoApplication(Application[UUID]):
     def head_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
+    def write_figures(self) -> Mapping[str, float] | None:
+        """The event store's group-commit figures (batches, commands, seconds, queued),
+        if its appends go through group commit; read by the API's metrics."""
+        figures: Callable[[], Mapping[str, float]] | None = getattr(
+            self.recorder, "write_figures", None
+        )
+        return None if figures is None else figures()
+
     # ---- access ---------------------------------------------------------------------
 
     def _access(

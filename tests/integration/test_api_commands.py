@@ -313,3 +313,13 @@ def test_metrics_count_requests_by_route(client: TestClient, headers: dict[str, 
     assert 'route="/v1/todos/{todo_id}/events"' in body
     assert 'tododb_view_position{view="todos"}' in body
     assert todo["id"] not in body
+    # The event store's group commit: the create went through a batch.
+    figures = {
+        line.split()[0]: float(line.split()[1])
+        for line in body.splitlines()
+        if line.startswith("tododb_append_")
+    }
+    assert figures["tododb_append_batches_total"] >= 1
+    assert figures["tododb_append_commands_total"] >= figures["tododb_append_batches_total"]
+    assert figures["tododb_append_batch_seconds_total"] > 0
+    assert figures["tododb_append_queued_commands"] >= 0

@@ -103,6 +103,8 @@ def test_grafana_dashboard_shows_commands_lag_dlq_and_circuits() -> None:
     for metric in (
         "tododb_http_requests_total",
         "tododb_http_request_seconds_bucket",
+        "tododb_append_commands_total",
+        "tododb_append_batch_seconds_total",
         "tododb_projection_lag_events",
         "tododb_projection_lag_seconds",
         "tododb_relay_lag_events",

@@ -388,6 +388,19 @@ async def test_a_committer_written_to_inside_another_s_batch_wakes_its_own() -> 
     assert sum(len(b) for b in inner_store.batches) == 3  # batched as the timing falls
 
 
+async def test_the_committer_counts_its_batches_commands_and_queue() -> None:
+    async with held() as (store, gc):
+        first = await first_batch(store, gc)
+        rest = [asyncio.create_task(gc.append_async(events())) for _ in range(5)]
+        await until(lambda: len(gc._queue) == 5, "five commands to queue")
+        assert gc.figures() == {"batches": 0, "commands": 0, "seconds": 0.0, "queued": 5}
+        store.hold.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    figures = gc.figures()
+    assert (figures["batches"], figures["commands"], figures["queued"]) == (2, 6, 0)
+    assert figures["seconds"] > 0
+
+
 async def test_no_connection_fails_a_coroutine_with_the_database_unavailable() -> None:
     store = FakeStore()
     store.connect_error = DatabaseUnavailable("pool timeout")

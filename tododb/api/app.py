@@ -134,7 +134,11 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     setup_tracing("api")
     app.add_middleware(RequestTracing)
-    metrics = Metrics(services.positions, services.projections.quarantined_counts)
+    metrics = Metrics(
+        services.positions,
+        services.projections.quarantined_counts,
+        services.todo_app.write_figures,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # A request is matched against the routers in order, and each router it passes costs
     # ~5 µs and ~3 µs a route: the commands and their reads first; delta sync and the live

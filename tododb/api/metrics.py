@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,21 +68,59 @@ class Quarantined(Collector):
         yield gauge
 
 
+class WritePath(Collector):
+    """The event store's group commit in this process, read at scrape time: batches,
+    their commands and the time spent writing them (rates: commands per batch, seconds
+    per batch), and the commands waiting for a batch now. No labels."""
+
+    def __init__(self, figures: Callable[[], Mapping[str, float] | None]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        figures = self.figures()
+        if figures is None:  # an event store without group commit
+            return
+        yield CounterMetricFamily(
+            "tododb_append_batches", "Group-commit batches written", value=figures["batches"]
+        )
+        yield CounterMetricFamily(
+            "tododb_append_commands", "Commands in those batches", value=figures["commands"]
+        )
+        yield CounterMetricFamily(
+            "tododb_append_batch_seconds",
+            "Seconds spent writing those batches (a connection taken to commands answered)",
+            value=figures["seconds"],
+        )
+        yield GaugeMetricFamily(
+            "tododb_append_queued_commands",
+            "Commands waiting for a batch",
+            value=figures["queued"],
+        )
+
+
 class Metrics:
     def __init__(
-        self, watcher: PositionWatcher, quarantined: Callable[[], dict[str, int]]
+        self,
+        watcher: PositionWatcher,
+        quarantined: Callable[[], dict[str, int]],
+        write_figures: Callable[[], Mapping[str, float] | None] = lambda: None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "tododb_http_requests", "HTTP requests", ["method", "route", "status"],
+            "tododb_http_requests",
+            "HTTP requests",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "tododb_http_request_seconds", "HTTP request latency", ["method", "route"],
+            "tododb_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
             registry=self.registry,
         )
         self.registry.register(ViewPositions(watcher))
         self.registry.register(Quarantined(quarantined))
+        self.registry.register(WritePath(write_figures))
         self.asgi_app = make_asgi_app(self.registry)
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import copy
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -190,6 +191,21 @@ class GroupCommitter(Generic[C]):
         self._leader_thread: ThreadPoolExecutor | None = None
         self._wakes = threading.local()
         """This committer's deferred wakes, per thread (``_woken_together``)."""
+        self._batches = 0
+        self._commands = 0
+        self._seconds = 0.0
+
+    def figures(self) -> dict[str, float]:
+        """Since start: batches written, their commands and the seconds spent writing
+        them (from taking a connection to answering); and the commands queued now. Read
+        at a metrics scrape (``tododb_append_*``); kept as plain sums, one lock a batch."""
+        with self._lock:
+            return {
+                "batches": self._batches,
+                "commands": self._commands,
+                "seconds": self._seconds,
+                "queued": len(self._queue),
+            }
 
     def append(self, events: Sequence[StoredEvent]) -> list[int]:
         """Store one command's events, with others' if they are waiting; their positions.
@@ -315,6 +331,7 @@ class GroupCommitter(Generic[C]):
         commands gets it. Anything left unanswered is a bug, answered as one.
         """
         batch: list[Append] | None = None
+        started = time.perf_counter()
         with _woken_together(self._wakes):
             try:
                 with self._connect() as conn:
@@ -326,6 +343,14 @@ class GroupCommitter(Generic[C]):
                     raise
             if any(not item.answered for item in batch or []):
                 _fail_all(batch or [], Unanswered("the batch left this command unanswered"))
+        if batch:
+            self._count(len(batch), time.perf_counter() - started)
+
+    def _count(self, commands: int, seconds: float) -> None:
+        with self._lock:
+            self._batches += 1
+            self._commands += commands
+            self._seconds += seconds
 
     def _take(self) -> list[Append]:
         with self._lock:

@@ -115,6 +115,10 @@ class AppendOnlyApplicationRecorder(PostgresApplicationRecorder):
         """Stop the committer's thread (the pool is the datastore's to close)."""
         self.committer.close()
 
+    def write_figures(self) -> dict[str, float]:
+        """The group committer's figures (``GroupCommitter.figures``), for metrics."""
+        return self.committer.figures()
+
     @property
     def groups_commits(self) -> bool:
         """The batch writer's functions take uuid ids and replace the library's own
