@@ -103,7 +103,7 @@ class Metrics:
         self,
         watcher: PositionWatcher,
         quarantined: Callable[[], dict[str, int]],
-        write_figures: Callable[[], Mapping[str, float] | None] = lambda: None,
+        write_figures: Callable[[], Mapping[str, float] | None],
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(

@@ -143,9 +143,6 @@ def _woken_together(wakes: threading.local) -> Iterator[None]:
     once it is done, with one ``call_soon_threadsafe`` per event loop. ``wakes`` is the
     committer's own, per thread (``deferred``): a batch of another committer, written
     from inside this one's ``write``, wakes its coroutines itself."""
-    if getattr(wakes, "deferred", None) is not None:  # inside another: it wakes them
-        yield
-        return
     deferred: list[AsyncAppend] = []
     try:
         wakes.deferred = deferred
@@ -283,7 +280,8 @@ class GroupCommitter(Generic[C]):
     def write_together(self, items: list[Append]) -> None:
         """Write ``items`` as one batch now, answering each (outside the queue: for tests
         and tools that want a batch of their own making)."""
-        self._write_batch(lambda: items, lambda: items)
+        with _woken_together(self._wakes):
+            self._write_batch(lambda: items, lambda: items)
 
     def _enqueue(self, item: Append) -> bool:
         """Queue ``item``; whether its writer is to lead (no batch is being written)."""
@@ -328,21 +326,21 @@ class GroupCommitter(Generic[C]):
 
         No connection: every command waiting gets that error at once (``unreachable``),
         so none waits for its own pool timeout in turn. A batch-wide failure: each of its
-        commands gets it. Anything left unanswered is a bug, answered as one.
+        commands gets it. Anything left unanswered is a bug, answered as one. Called
+        inside ``_woken_together``, which wakes the coroutines it answers.
         """
         batch: list[Append] | None = None
         started = time.perf_counter()
-        with _woken_together(self._wakes):
-            try:
-                with self._connect() as conn:
-                    batch = take()
-                    self._write(conn, batch)
-            except BaseException as e:
-                _fail_all(batch if batch is not None else unreachable(), e)
-                if not isinstance(e, Exception):
-                    raise
-            if any(not item.answered for item in batch or []):
-                _fail_all(batch or [], Unanswered("the batch left this command unanswered"))
+        try:
+            with self._connect() as conn:
+                batch = take()
+                self._write(conn, batch)
+        except BaseException as e:
+            _fail_all(batch if batch is not None else unreachable(), e)
+            if not isinstance(e, Exception):
+                raise
+        if any(not item.answered for item in batch or []):
+            _fail_all(batch or [], Unanswered("the batch left this command unanswered"))
         if batch:
             self._count(len(batch), time.perf_counter() - started)
 
