@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_SECRET, wait_until
 from tests.integration.test_cli import free_port
@@ -37,6 +38,7 @@ class Served:
     base: str
     port: int
     log: Path
+    metrics_dir: Path
 
     def workers(self) -> list[psutil.Process]:
         """uvicorn's worker processes (multiprocessing's resource tracker left out)."""
@@ -57,6 +59,7 @@ def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
         "TODO_JWT_SECRET": TEST_SECRET,
         "TODO_DATA_DIR": str(tmp_path),
         "TODO_LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
@@ -67,7 +70,7 @@ def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    served = Served(proc, f"http://127.0.0.1:{port}", port, log_path)
+    served = Served(proc, f"http://127.0.0.1:{port}", port, log_path, tmp_path / "metrics")
     try:
         wait_until(lambda: _ready(served), timeout=60, what="both workers to be ready")
         yield served
@@ -118,6 +121,18 @@ class Connection:
         self.http.request(method, path, body=payload, headers=self.headers)
         response = self.http.getresponse()
         return response.status, json.loads(response.read() or b"null")
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics as the worker on this connection answers it."""
+        self.http.request("GET", "/metrics/")
+        response = self.http.getresponse()
+        text = response.read().decode()
+        assert response.status == 200, text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
 
 def _connections_on_every_worker(served: Served, headers: dict[str, str]) -> list[Connection]:
@@ -231,3 +246,68 @@ def test_a_burst_of_connections_is_spread_across_the_workers(served: Served) -> 
     assert None not in per_worker, per_worker
     assert len(per_worker) == WORKERS, per_worker
     assert min(per_worker.values()) >= 4, per_worker  # binomial(32, 1/2): below 4 ~1e-6
+
+
+CREATED = (
+    "tododb_http_requests_total",
+    (("method", "POST"), ("route", "/v1/todos"), ("status", "201")),
+)
+APPENDED = ("tododb_append_commands_total", ())
+QUEUED = ("tododb_append_queued_commands", ())
+
+
+def _every_worker_counts(connections: list[Connection], served: Served, total: int) -> bool:
+    """Each worker's scrape counts ``total`` creates, requests and appended commands
+    both (a worker copies its group commit's sums into the shared files once a second)."""
+    answered: set[int | None] = set()
+    for conn in connections:
+        samples = conn.scrape()
+        if samples.get(CREATED) != total or samples.get(APPENDED) != total:
+            return False
+        assert samples.get(QUEUED) == 0, samples.get(QUEUED)
+        answered.add(_server_pid(served, conn.local_port))
+    assert len(answered) == WORKERS, answered
+    return True
+
+
+def test_a_scrape_of_any_worker_counts_every_worker(served: Served) -> None:
+    """With N workers, /metrics answers for all of them, whichever worker a scrape
+    reaches: Prometheus behind one port would otherwise read one worker's counters, then
+    another's, and see them go down. A worker killed (-9) keeps its counts; its
+    replacement drops its figures of the moment."""
+    headers = {"Authorization": f"Bearer {issue_token(TEST_SECRET, 'metrics')}"}
+    connections = _connections_on_every_worker(served, headers)
+    for i in range(20):
+        status, _ = connections[i % len(connections)].request(
+            "POST", "/v1/todos", {"title": f"counted {i}"}
+        )
+        assert status == 201
+    total = len(connections) + 20
+    wait_until(
+        lambda: _every_worker_counts(connections, served, total),
+        timeout=10,
+        what=f"every worker's scrape to count {total} creates",
+    )
+
+    victim = served.workers()[0]
+    assert (served.metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
+    victim.kill()
+    victim.wait(timeout=10)
+    for conn in connections:
+        conn.http.close()
+    wait_until(
+        lambda: _ready(served) and victim.pid not in {w.pid for w in served.workers()},
+        timeout=60,
+        what="uvicorn to replace the killed worker",
+    )
+    fresh = _connections_on_every_worker(served, headers)
+    total += len(fresh)
+    wait_until(
+        lambda: _every_worker_counts(fresh, served, total),
+        timeout=10,
+        what=f"every worker's scrape to count {total} creates, the killed worker's too",
+    )
+    assert not (served.metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
+    assert (served.metrics_dir / f"counter_{victim.pid}.db").exists()
+    for conn in fresh:
+        conn.http.close()

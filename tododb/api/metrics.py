@@ -1,14 +1,27 @@
-"""Prometheus metrics at /metrics: request rate, latency and errors, and view positions."""
+"""Prometheus metrics at /metrics: request rate, latency and errors, and view positions.
+
+With ``todo serve --workers N`` every worker's scrape answers for them all: each keeps
+its figures in files of a directory they share (prometheus_client's multiprocess mode,
+``PROMETHEUS_MULTIPROC_DIR``), and a scrape sums them.
+"""
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +31,30 @@ log = logging.getLogger(__name__)
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+SHARED_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client reads it when it is imported: set, every metric of the process is
+kept in a file of that directory, for a scrape of any process to sum."""
+
+PUBLISH_SECONDS = 1.0
+"""How often a worker copies its in-memory figures into the shared files."""
+
+COUNTED: tuple[tuple[str, str, str], ...] = (
+    ("tododb_append_batches", "batches", "Group-commit batches written"),
+    ("tododb_append_commands", "commands", "Commands in those batches"),
+    (
+        "tododb_append_batch_seconds",
+        "seconds",
+        "Seconds spent writing those batches (a connection taken to commands answered)",
+    ),
+)
+"""This process's group-commit sums (``GroupCommitter.figures``): name, key, help."""
+
+MEASURED: tuple[tuple[str, str, str], ...] = (
+    ("tododb_append_queued_commands", "queued", "Commands waiting for a batch"),
+    ("tododb_read_waits_pending", "read_waits", "X-Min-Position reads waiting for a read model"),
+)
+"""This process's figures of the moment: name, key, help."""
+
 
 def method_label(method: str) -> str:
     """The method as a label: clients choose it freely, so only known ones count apart."""
@@ -25,8 +62,8 @@ def method_label(method: str) -> str:
 
 
 class ViewPositions(Collector):
-    """Each read model's applied log position, as this API process last saw it, and the
-    X-Min-Position reads waiting for one."""
+    """Each read model's applied log position, as this API process last saw it (every
+    process sees the same positions)."""
 
     def __init__(self, watcher: PositionWatcher) -> None:
         self.watcher = watcher
@@ -38,11 +75,6 @@ class ViewPositions(Collector):
         for view, position in self.watcher.positions.items():
             gauge.add_metric([view], position)
         yield gauge
-        yield GaugeMetricFamily(
-            "tododb_read_waits_pending",
-            "X-Min-Position reads waiting for a read model",
-            value=self.watcher.pending(),
-        )
 
 
 class Quarantined(Collector):
@@ -68,61 +100,168 @@ class Quarantined(Collector):
         yield gauge
 
 
-class WritePath(Collector):
-    """The event store's group commit in this process, read at scrape time: batches,
-    their commands and the time spent writing them (rates: commands per batch, seconds
-    per batch), and the commands waiting for a batch now. No labels."""
+class ProcessFigures(Collector):
+    """This process's group commit (batches, their commands, the time spent writing them:
+    rates give commands and seconds per batch; the commands waiting now) and its
+    X-Min-Position reads waiting, read at scrape time. No labels."""
 
-    def __init__(self, figures: Callable[[], Mapping[str, float] | None]) -> None:
+    def __init__(self, figures: Callable[[], Mapping[str, float]]) -> None:
         self.figures = figures
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         figures = self.figures()
-        if figures is None:  # an event store without group commit
-            return
-        yield CounterMetricFamily(
-            "tododb_append_batches", "Group-commit batches written", value=figures["batches"]
-        )
-        yield CounterMetricFamily(
-            "tododb_append_commands", "Commands in those batches", value=figures["commands"]
-        )
-        yield CounterMetricFamily(
-            "tododb_append_batch_seconds",
-            "Seconds spent writing those batches (a connection taken to commands answered)",
-            value=figures["seconds"],
-        )
-        yield GaugeMetricFamily(
-            "tododb_append_queued_commands",
-            "Commands waiting for a batch",
-            value=figures["queued"],
-        )
+        for name, key, text in COUNTED:
+            if key in figures:  # an event store without group commit has none
+                yield CounterMetricFamily(name, text, value=figures[key])
+        for name, key, text in MEASURED:
+            if key in figures:
+                yield GaugeMetricFamily(name, text, value=figures[key])
+
+
+class SharedFigures:
+    """``ProcessFigures`` for a worker of ``todo serve --workers N``: copied into the
+    shared files every ``PUBLISH_SECONDS`` by a thread, so that a scrape of any worker
+    sums every worker's. Counters keep a dead worker's counts (they never go down);
+    the figures of the moment count live workers only."""
+
+    def __init__(
+        self, figures: Callable[[], Mapping[str, float]], interval: float = PUBLISH_SECONDS
+    ) -> None:
+        self.figures = figures
+        self.interval = interval
+        self._counters = {key: Counter(name, text, registry=None) for name, key, text in COUNTED}
+        self._gauges = {
+            key: Gauge(name, text, registry=None, multiprocess_mode="livesum")
+            for name, key, text in MEASURED
+        }
+        self._published: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.publish()
+
+    def publish(self) -> None:
+        figures = self.figures()
+        for key, counter in self._counters.items():
+            added = figures.get(key, 0.0) - self._published.get(key, 0.0)
+            if added > 0:
+                counter.inc(added)
+                self._published[key] = figures[key]
+        for key, gauge in self._gauges.items():
+            gauge.set(figures.get(key, 0.0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.publish()
+            except Exception:  # a figure unavailable now must not end the publishing
+                log.warning("could not publish this worker's metrics", exc_info=True)
+
+
+def shared_dir() -> str | None:
+    """The directory the workers share, if this process is one of them."""
+    return os.environ.get(SHARED_DIR_VARIABLE) or None
+
+
+@contextmanager
+def shared_between_workers(workers: int) -> Iterator[str | None]:
+    """For ``todo serve``: with more than one worker, a directory for their metrics, in
+    the environment they inherit (set before they start: prometheus_client chooses its
+    mode when imported); made here and removed after. One given in
+    ``PROMETHEUS_MULTIPROC_DIR`` is used, with any worker count, and emptied first (an
+    earlier run's files would add to the counts)."""
+    given = shared_dir()
+    if given is not None:
+        os.makedirs(given, exist_ok=True)
+        for path in glob.glob(os.path.join(given, "*.db")):
+            os.remove(path)
+        yield given
+        return
+    if workers == 1:
+        yield None
+        return
+    made = tempfile.mkdtemp(prefix="tododb-metrics-")
+    os.environ[SHARED_DIR_VARIABLE] = made
+    try:
+        yield made
+    finally:
+        os.environ.pop(SHARED_DIR_VARIABLE, None)
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def forget_dead_workers(path: str) -> None:
+    """Drop the figures of the moment kept by workers that are gone (killed, then
+    replaced by uvicorn): a new worker does it as it starts. Their counts stay."""
+    pids = {
+        int(match.group(1))
+        for name in os.listdir(path)
+        if (match := re.fullmatch(r"gauge_live[a-z]+_(\d+)\.db", name))
+    }
+    for pid in pids - {os.getpid()}:
+        if not _alive(pid):
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds the number
+        return True
+    return True
 
 
 class Metrics:
+    """The API's metrics. ``shared``: the directory of ``todo serve --workers N``, whose
+    files a scrape sums (the request metrics are then kept there, and this process's
+    figures copied there by a ``SharedFigures``); ``None`` for one process."""
+
     def __init__(
         self,
         watcher: PositionWatcher,
         quarantined: Callable[[], dict[str, int]],
         write_figures: Callable[[], Mapping[str, float] | None],
+        shared: str | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        own = None if shared else self.registry  # shared: read back from the files
         self.requests = Counter(
-            "tododb_http_requests",
-            "HTTP requests",
-            ["method", "route", "status"],
-            registry=self.registry,
+            "tododb_http_requests", "HTTP requests", ["method", "route", "status"], registry=own
         )
         self.latency = Histogram(
-            "tododb_http_request_seconds",
-            "HTTP request latency",
-            ["method", "route"],
-            registry=self.registry,
+            "tododb_http_request_seconds", "HTTP request latency", ["method", "route"], registry=own
         )
         self.registry.register(ViewPositions(watcher))
         self.registry.register(Quarantined(quarantined))
-        self.registry.register(WritePath(write_figures))
+
+        def figures() -> dict[str, float]:
+            return {**(write_figures() or {}), "read_waits": watcher.pending()}
+
+        self.publisher: SharedFigures | None = None
+        if shared:
+            forget_dead_workers(shared)
+            MultiProcessCollector(self.registry, path=shared)  # type: ignore[no-untyped-call]
+            self.publisher = SharedFigures(figures)
+        else:
+            self.registry.register(ProcessFigures(figures))
         self.asgi_app = make_asgi_app(self.registry)
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def start(self) -> None:
+        if self.publisher is not None:
+            self.publisher.start()
+
+    def stop(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count and time one request. Each label set's series are looked up once

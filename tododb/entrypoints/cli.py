@@ -54,6 +54,7 @@ def serve(
     """Run the API against DATABASE_URL, in one process or WORKERS processes."""
     import uvicorn
 
+    from tododb.api.metrics import shared_between_workers
     from tododb.entrypoints.bootstrap import api_from_environment, build_api
     from tododb.infra.gc_tuning import settle_after_startup
 
@@ -71,15 +72,16 @@ def serve(
     log_config = uvicorn_log_config()
     if log_config is not None:  # TODO_LOG_FORMAT=json: uvicorn's lines in JSON too
         options["log_config"] = log_config
-    if count == 1:
-        api = build_api(settings, database_url)
-        settle_after_startup()
-        uvicorn.run(api, **options)
-        return
-    _prepare_schemas_once(settings, database_url)
-    _serve_workers(
-        f"{api_from_environment.__module__}:{api_from_environment.__name__}", count, options
-    )
+    with shared_between_workers(count):  # each worker's /metrics answers for all
+        if count == 1:
+            api = build_api(settings, database_url)
+            settle_after_startup()
+            uvicorn.run(api, **options)
+            return
+        _prepare_schemas_once(settings, database_url)
+        _serve_workers(
+            f"{api_from_environment.__module__}:{api_from_environment.__name__}", count, options
+        )
 
 
 def _serve_workers(factory: str, count: int, options: dict[str, Any]) -> None:
