@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TEST_SECRET, wait_until
 from tests.integration.test_cli import free_port
 from tododb.api.auth import issue_token
+from tododb.api.metrics import SHARED_DIR_VARIABLE
 from tododb.entrypoints.cli import tcp_listener
 from tododb.entrypoints.supervisor import todo_command
 
@@ -38,7 +39,6 @@ class Served:
     base: str
     port: int
     log: Path
-    metrics_dir: Path
 
     def workers(self) -> list[psutil.Process]:
         """uvicorn's worker processes (multiprocessing's resource tracker left out)."""
@@ -47,6 +47,12 @@ class Served:
             for child in psutil.Process(self.proc.pid).children()
             if "spawn_main" in " ".join(child.cmdline())
         ]
+
+    def metrics_dir(self) -> Path:
+        """The directory `todo serve` made for its workers' metrics (in their environment)."""
+        made = {Path(worker.environ()[SHARED_DIR_VARIABLE]) for worker in self.workers()}
+        assert len(made) == 1, made
+        return made.pop()
 
 
 @pytest.fixture
@@ -59,7 +65,6 @@ def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
         "TODO_JWT_SECRET": TEST_SECRET,
         "TODO_DATA_DIR": str(tmp_path),
         "TODO_LOG_LEVEL": "WARNING",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
@@ -70,7 +75,7 @@ def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    served = Served(proc, f"http://127.0.0.1:{port}", port, log_path, tmp_path / "metrics")
+    served = Served(proc, f"http://127.0.0.1:{port}", port, log_path)
     try:
         wait_until(lambda: _ready(served), timeout=60, what="both workers to be ready")
         yield served
@@ -209,10 +214,13 @@ def test_two_workers_serve_the_port_and_sigterm_stops_them_all(served: Served) -
         assert [e["type"] for e in events] == ["todos.task.created"]
     for conn in connections:
         conn.http.close()
+    metrics_dir = served.metrics_dir()
+    assert any(metrics_dir.glob("counter_*.db"))
 
     everything = [psutil.Process(served.proc.pid), *psutil.Process(served.proc.pid).children()]
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(timeout=30) == 0
+    assert not metrics_dir.exists()  # todo serve made it, and removed it
     _, alive = psutil.wait_procs(everything, timeout=15)
     assert alive == [], f"left running: {alive}"
     log = served.log.read_text()
@@ -289,8 +297,9 @@ def test_a_scrape_of_any_worker_counts_every_worker(served: Served) -> None:
         what=f"every worker's scrape to count {total} creates",
     )
 
+    metrics_dir = served.metrics_dir()
     victim = served.workers()[0]
-    assert (served.metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
+    assert (metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
     victim.kill()
     victim.wait(timeout=10)
     for conn in connections:
@@ -307,7 +316,7 @@ def test_a_scrape_of_any_worker_counts_every_worker(served: Served) -> None:
         timeout=10,
         what=f"every worker's scrape to count {total} creates, the killed worker's too",
     )
-    assert not (served.metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
-    assert (served.metrics_dir / f"counter_{victim.pid}.db").exists()
+    assert not (metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
+    assert (metrics_dir / f"counter_{victim.pid}.db").exists()
     for conn in fresh:
         conn.http.close()

@@ -10,7 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from tododb.api.metrics import SHARED_DIR_VARIABLE, forget_dead_workers, shared_between_workers
+from tododb.api.metrics import (
+    SHARED_DIR_VARIABLE,
+    SharedFigures,
+    forget_dead_workers,
+    remove_orphans,
+    shared_between_workers,
+)
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(gone.stdout)
 
 
 def test_workers_get_a_directory_of_their_own_removed_after(
@@ -21,6 +38,7 @@ def test_workers_get_a_directory_of_their_own_removed_after(
         assert made is not None
         assert os.environ[SHARED_DIR_VARIABLE] == made  # inherited by the workers
         assert Path(made).is_dir()
+        assert Path(made).name.startswith(f"tododb-metrics-{os.getpid()}-")
         (Path(made) / "counter_1.db").write_bytes(b"x")
     assert SHARED_DIR_VARIABLE not in os.environ
     assert not Path(made).exists()
@@ -49,13 +67,7 @@ def test_a_given_directory_is_emptied_of_an_earlier_run(
 
 
 def test_a_dead_workers_live_figures_go_and_its_counts_stay(tmp_path: Path) -> None:
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead = int(gone.stdout)
+    dead = _dead_pid()
     me = os.getpid()
     for name in (
         f"gauge_livesum_{dead}.db",
@@ -69,3 +81,33 @@ def test_a_dead_workers_live_figures_go_and_its_counts_stay(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"counter_{dead}.db", f"histogram_{dead}.db", f"gauge_livesum_{me}.db"]
     )
+
+
+def test_directories_of_killed_serves_are_removed_and_others_kept(tmp_path: Path) -> None:
+    """A `todo serve` killed with -9 cannot remove its directory; the next one does."""
+    orphan = tmp_path / f"tododb-metrics-{_dead_pid()}-abc_12"
+    running = tmp_path / f"tododb-metrics-{os.getpid()}-xyz"
+    unrelated = tmp_path / "tododb-metrics-notes"
+    for path in (orphan, running, unrelated):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"")
+    remove_orphans(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, unrelated.name])
+
+
+def test_a_worker_stopping_publishes_its_counts_and_leaves_the_live_sums(
+    tmp_path: Path,
+) -> None:
+    """As uvicorn retires a worker while its replacement runs (SIGHUP): the replacement
+    cannot tell it is gone, so the worker takes its figures of the moment out itself."""
+    live = tmp_path / f"gauge_livesum_{os.getpid()}.db"
+    live.write_bytes(b"")
+    asked: list[int] = []
+
+    def figures() -> dict[str, float]:
+        asked.append(1)
+        return {"batches": 2.0, "commands": 6.0, "seconds": 0.5, "queued": 0.0}
+
+    SharedFigures(figures, str(tmp_path), interval=3600).stop()
+    assert asked == [1]  # the last figures published
+    assert not live.exists()

@@ -120,14 +120,18 @@ class ProcessFigures(Collector):
 
 class SharedFigures:
     """``ProcessFigures`` for a worker of ``todo serve --workers N``: copied into the
-    shared files every ``PUBLISH_SECONDS`` by a thread, so that a scrape of any worker
-    sums every worker's. Counters keep a dead worker's counts (they never go down);
-    the figures of the moment count live workers only."""
+    shared files in ``path`` every ``PUBLISH_SECONDS`` by a thread, so that a scrape of
+    any worker sums every worker's. Counters keep a dead worker's counts (they never go
+    down); the figures of the moment count live workers only."""
 
     def __init__(
-        self, figures: Callable[[], Mapping[str, float]], interval: float = PUBLISH_SECONDS
+        self,
+        figures: Callable[[], Mapping[str, float]],
+        path: str,
+        interval: float = PUBLISH_SECONDS,
     ) -> None:
         self.figures = figures
+        self.path = path
         self.interval = interval
         self._counters = {key: Counter(name, text, registry=None) for name, key, text in COUNTED}
         self._gauges = {
@@ -135,6 +139,7 @@ class SharedFigures:
             for name, key, text in MEASURED
         }
         self._published: dict[str, float] = {}
+        self._publishing = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-publisher", daemon=True)
 
@@ -142,27 +147,34 @@ class SharedFigures:
         self._thread.start()
 
     def stop(self) -> None:
+        """The last counts published; this worker's figures of the moment out of the
+        sums (a worker retired while its replacement runs, as on uvicorn's SIGHUP)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        self.publish()
+        self._publish_logged()
+        mark_process_dead(os.getpid(), self.path)  # type: ignore[no-untyped-call]
 
     def publish(self) -> None:
-        figures = self.figures()
-        for key, counter in self._counters.items():
-            added = figures.get(key, 0.0) - self._published.get(key, 0.0)
-            if added > 0:
-                counter.inc(added)
-                self._published[key] = figures[key]
-        for key, gauge in self._gauges.items():
-            gauge.set(figures.get(key, 0.0))
+        with self._publishing:
+            figures = self.figures()
+            for key, counter in self._counters.items():
+                added = figures.get(key, 0.0) - self._published.get(key, 0.0)
+                if added > 0:
+                    counter.inc(added)
+                    self._published[key] = figures[key]
+            for key, gauge in self._gauges.items():
+                gauge.set(figures.get(key, 0.0))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.publish()
-            except Exception:  # a figure unavailable now must not end the publishing
-                log.warning("could not publish this worker's metrics", exc_info=True)
+            self._publish_logged()
+
+    def _publish_logged(self) -> None:
+        try:
+            self.publish()
+        except Exception:  # a figure unavailable now must not end the publishing
+            log.warning("could not publish this worker's metrics", exc_info=True)
 
 
 def shared_dir() -> str | None:
@@ -187,13 +199,27 @@ def shared_between_workers(workers: int) -> Iterator[str | None]:
     if workers == 1:
         yield None
         return
-    made = tempfile.mkdtemp(prefix="tododb-metrics-")
+    remove_orphans()
+    made = tempfile.mkdtemp(prefix=f"{MADE_PREFIX}{os.getpid()}-")
     os.environ[SHARED_DIR_VARIABLE] = made
     try:
         yield made
     finally:
         os.environ.pop(SHARED_DIR_VARIABLE, None)
         shutil.rmtree(made, ignore_errors=True)
+
+
+MADE_PREFIX = "tododb-metrics-"
+
+
+def remove_orphans(parent: str | None = None) -> None:
+    """Remove the directories made by ``todo serve`` processes that are gone without
+    removing theirs (killed with -9): each name holds its maker's process id."""
+    parent = parent or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(parent, f"{MADE_PREFIX}*-*")):
+        match = re.fullmatch(rf"{MADE_PREFIX}(\d+)-\w+", os.path.basename(path))
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def forget_dead_workers(path: str) -> None:
@@ -249,7 +275,7 @@ class Metrics:
         if shared:
             forget_dead_workers(shared)
             MultiProcessCollector(self.registry, path=shared)  # type: ignore[no-untyped-call]
-            self.publisher = SharedFigures(figures)
+            self.publisher = SharedFigures(figures, shared)
         else:
             self.registry.register(ProcessFigures(figures))
         self.asgi_app = make_asgi_app(self.registry)

@@ -72,13 +72,14 @@ def serve(
     log_config = uvicorn_log_config()
     if log_config is not None:  # TODO_LOG_FORMAT=json: uvicorn's lines in JSON too
         options["log_config"] = log_config
+    if count > 1:
+        _prepare_schemas_once(settings, database_url)
     with shared_between_workers(count):  # each worker's /metrics answers for all
         if count == 1:
             api = build_api(settings, database_url)
             settle_after_startup()
             uvicorn.run(api, **options)
             return
-        _prepare_schemas_once(settings, database_url)
         _serve_workers(
             f"{api_from_environment.__module__}:{api_from_environment.__name__}", count, options
         )
