@@ -35,6 +35,9 @@ SHARED_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client reads it when it is imported: set, every metric of the process is
 kept in a file of that directory, for a scrape of any process to sum."""
 
+MADE_PREFIX = "tododb-metrics-"
+"""Of the directories ``todo serve`` makes, followed by its process id."""
+
 PUBLISH_SECONDS = 1.0
 """How often a worker copies its in-memory figures into the shared files."""
 
@@ -207,9 +210,6 @@ def shared_between_workers(workers: int) -> Iterator[str | None]:
     finally:
         os.environ.pop(SHARED_DIR_VARIABLE, None)
         shutil.rmtree(made, ignore_errors=True)
-
-
-MADE_PREFIX = "tododb-metrics-"
 
 
 def remove_orphans(parent: str | None = None) -> None:
