@@ -60,7 +60,8 @@ def served(fresh_database_url: str, tmp_path: Path) -> Iterator[Served]:
     """`todo serve --workers 2` in a process of its own, on an empty database."""
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != SHARED_DIR_VARIABLE},
+        "TMPDIR": str(tmp_path),  # the metrics directory todo serve makes, and its orphans
         "DATABASE_URL": fresh_database_url,
         "TODO_JWT_SECRET": TEST_SECRET,
         "TODO_DATA_DIR": str(tmp_path),
@@ -320,3 +321,19 @@ def test_a_scrape_of_any_worker_counts_every_worker(served: Served) -> None:
     assert (metrics_dir / f"counter_{victim.pid}.db").exists()
     for conn in fresh:
         conn.http.close()
+
+
+def test_kill_9_of_todo_serve_stops_its_workers(served: Served) -> None:
+    """Workers outliving their `todo serve` would go on serving the port (shared with the
+    next one) with nobody to restart or stop them, and writing to a metrics directory
+    the next one removes as an orphan: each stops (SIGTERM) when its parent dies."""
+    workers = served.workers()
+    assert len(workers) == WORKERS
+    metrics_dir = served.metrics_dir()
+    served.proc.kill()
+    served.proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    for worker in alive:  # a failed test leaves no server behind
+        worker.kill()
+    assert alive == [], f"workers outlived todo serve: {alive}"
+    assert metrics_dir.exists()  # its maker was killed: left for the next one to remove

@@ -84,15 +84,22 @@ def test_a_dead_workers_live_figures_go_and_its_counts_stay(tmp_path: Path) -> N
 
 
 def test_directories_of_killed_serves_are_removed_and_others_kept(tmp_path: Path) -> None:
-    """A `todo serve` killed with -9 cannot remove its directory; the next one does."""
-    orphan = tmp_path / f"tododb-metrics-{_dead_pid()}-abc_12"
+    """A `todo serve` killed with -9 cannot remove its directory; the next one does,
+    unless a process still writes there (a worker outliving its maker)."""
+    dead = _dead_pid()
+    orphan = tmp_path / f"tododb-metrics-{dead}-abc_12"
+    in_use = tmp_path / f"tododb-metrics-{dead}-def"
     running = tmp_path / f"tododb-metrics-{os.getpid()}-xyz"
     unrelated = tmp_path / "tododb-metrics-notes"
-    for path in (orphan, running, unrelated):
+    for path in (orphan, in_use, running, unrelated):
         path.mkdir()
-        (path / "counter_1.db").write_bytes(b"")
+    (orphan / f"counter_{dead}.db").write_bytes(b"")
+    (in_use / f"counter_{dead}.db").write_bytes(b"")
+    (in_use / f"gauge_livesum_{os.getpid()}.db").write_bytes(b"")
     remove_orphans(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, unrelated.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [in_use.name, running.name, unrelated.name]
+    )
 
 
 def test_a_worker_stopping_publishes_its_counts_and_leaves_the_live_sums(
@@ -111,3 +118,42 @@ def test_a_worker_stopping_publishes_its_counts_and_leaves_the_live_sums(
     SharedFigures(figures, str(tmp_path), interval=3600).stop()
     assert asked == [1]  # the last figures published
     assert not live.exists()
+
+
+PUBLISHING_WORKER = """
+import os, sys
+from tododb.api.metrics import SharedFigures
+figures = {"batches": 2.0, "commands": 6.0, "seconds": 0.5, "queued": 3.0, "read_waits": 1.0}
+shared = SharedFigures(lambda: figures, sys.argv[1], interval=3600)
+shared.publish()
+assert os.path.exists(os.path.join(sys.argv[1], f"gauge_livesum_{os.getpid()}.db"))
+figures.update(batches=3.0, commands=10.0, queued=0.0)
+shared.stop()
+print(os.getpid())
+"""
+
+
+def test_a_worker_publishes_into_the_shared_files_and_its_live_figures_leave_on_stop(
+    tmp_path: Path,
+) -> None:
+    """In a process of its own, in multiprocess mode as a worker is (the mode is chosen
+    when prometheus_client is imported): counts by their increase, and on stop the last
+    counts in, the figures of the moment out."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    env = {**os.environ, SHARED_DIR_VARIABLE: str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", PUBLISHING_WORKER, str(tmp_path)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pid = int(done.stdout)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{pid}.db"]
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    samples = {s.name: s.value for m in registry.collect() for s in m.samples}
+    assert samples == {
+        "tododb_append_batches_total": 3.0,
+        "tododb_append_commands_total": 10.0,
+        "tododb_append_batch_seconds_total": 0.5,
+    }

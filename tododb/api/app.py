@@ -111,11 +111,13 @@ def create_app(
             yield
         finally:
             undo_signals()
-            hub.stop()
-            services.positions.stop()
-            metrics.stop()
-            if close_on_shutdown:
-                services.todo_app.close()
+            try:
+                hub.stop()
+                services.positions.stop()
+                if close_on_shutdown:
+                    services.todo_app.close()
+            finally:  # last: the counts of a batch that close() waited for
+                metrics.stop()
 
     app = FastAPI(
         title="tododb",

@@ -214,12 +214,24 @@ def shared_between_workers(workers: int) -> Iterator[str | None]:
 
 def remove_orphans(parent: str | None = None) -> None:
     """Remove the directories made by ``todo serve`` processes that are gone without
-    removing theirs (killed with -9): each name holds its maker's process id."""
+    removing theirs (killed with -9): each name holds its maker's process id. One that a
+    live process still writes to (a worker outliving its maker) is kept."""
     parent = parent or tempfile.gettempdir()
     for path in glob.glob(os.path.join(parent, f"{MADE_PREFIX}*-*")):
         match = re.fullmatch(rf"{MADE_PREFIX}(\d+)-\w+", os.path.basename(path))
-        if match and not _alive(int(match.group(1))):
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if not any(_alive(pid) for pid in _writers(path)):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _writers(path: str) -> set[int]:
+    """The processes whose metric files are in ``path`` (``<kind>_<pid>.db``)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return set()
+    return {int(m.group(1)) for name in names if (m := re.fullmatch(r"[a-z_]+_(\d+)\.db", name))}
 
 
 def forget_dead_workers(path: str) -> None:

@@ -20,6 +20,7 @@ from tododb.consumers.analytics.store import AnalyticsStore
 from tododb.consumers.notifications.store import NotificationsStore
 from tododb.entrypoints.database_url import resolve_database_url
 from tododb.entrypoints.log_setup import configure_logging
+from tododb.entrypoints.supervisor import stop_with_parent_process
 from tododb.eventstore import AppendOnlyApplicationRecorder, TodoPostgresFactory
 from tododb.infra.gc_tuning import settle_after_startup
 from tododb.infra.postgres import ConnectionFactory, eventsourcing_env
@@ -115,8 +116,9 @@ def api_from_environment() -> FastAPI:
     uvicorn starts each worker as a fresh (spawned) process and can hand it nothing but
     an import string, so the worker reads the settings and ``DATABASE_URL`` itself and
     builds its own application, pool and position watcher: nothing is shared between
-    workers but the listening socket and the database.
+    workers but the listening socket and the database. It stops when `todo serve` dies.
     """
+    stop_with_parent_process()
     configure_logging("api")
     settings = get_settings()
     api = build_api(settings, resolve_database_url(settings, embedded_ok=False))

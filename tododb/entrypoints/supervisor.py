@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -106,9 +107,26 @@ def todo_command(*args: str) -> list[str]:
 
 def _die_with_parent() -> None:
     """In the child: get SIGKILL when the parent dies, so a killed worker leaves no orphans."""
+    _on_parent_death(signal.SIGKILL)
+
+
+def stop_with_parent_process() -> None:
+    """In a process ``multiprocessing`` started (a worker of `todo serve --workers N`):
+    SIGTERM, a graceful stop, once its parent dies. A parent killed with -9 would
+    otherwise leave its workers serving the port, with nobody to restart or stop them,
+    beside the next `todo serve` (the port is shared)."""
+    parent = multiprocessing.parent_process()
+    if parent is None or sys.platform != "linux":
+        return
+    _on_parent_death(signal.SIGTERM)
+    if os.getppid() != parent.pid:  # it died before the signal was set
+        raise SystemExit("the `todo serve` that started this worker is gone")
+
+
+def _on_parent_death(sig: signal.Signals) -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    libc.prctl(pr_set_pdeathsig, sig)
 
 
 def run_restarting(
