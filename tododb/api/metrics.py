@@ -221,30 +221,30 @@ def remove_orphans(parent: str | None = None) -> None:
         match = re.fullmatch(rf"{MADE_PREFIX}(\d+)-\w+", os.path.basename(path))
         if match is None or _alive(int(match.group(1))):
             continue
-        if not any(_alive(pid) for pid in _writers(path)):
+        try:
+            writers = _writers(path)
+        except OSError:  # removed meanwhile, or not ours to read
+            continue
+        if not any(_alive(pid) for pid in writers):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _writers(path: str) -> set[int]:
-    """The processes whose metric files are in ``path`` (``<kind>_<pid>.db``)."""
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return set()
-    return {int(m.group(1)) for name in names if (m := re.fullmatch(r"[a-z_]+_(\d+)\.db", name))}
 
 
 def forget_dead_workers(path: str) -> None:
     """Drop the figures of the moment kept by workers that are gone (killed, then
-    replaced by uvicorn): a new worker does it as it starts. Their counts stay."""
-    pids = {
-        int(match.group(1))
-        for name in os.listdir(path)
-        if (match := re.fullmatch(r"gauge_live[a-z]+_(\d+)\.db", name))
-    }
-    for pid in pids - {os.getpid()}:
+    replaced by uvicorn): a new worker does it as it starts. Their counts stay
+    (``mark_process_dead`` removes a process's live gauges only)."""
+    for pid in _writers(path) - {os.getpid()}:
         if not _alive(pid):
             mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _writers(path: str) -> set[int]:
+    """The processes whose metric files are in ``path`` (``<kind>_<pid>.db``)."""
+    return {
+        int(match.group(1))
+        for name in os.listdir(path)
+        if (match := re.fullmatch(r"[a-z_]+_(\d+)\.db", name))
+    }
 
 
 def _alive(pid: int) -> bool:
