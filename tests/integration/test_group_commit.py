@@ -326,12 +326,37 @@ class Mix:
         self.lock = threading.Lock()
         self.outcomes: Counter[str] = Counter()
 
-    def run(self, writers: int, seconds: float) -> Counter[str]:
+    def run(self, writers: int, seconds: float, creators: int = 8) -> Counter[str]:
+        """``writers`` threads, and ``creators`` coroutines on an event loop creating
+        todos as the API does (``create_todo_async``, ``append_async``): batches mix
+        both kinds of waiter."""
         deadline = time.monotonic() + seconds
-        with ThreadPoolExecutor(writers) as pool:
-            for future in [pool.submit(self._writer, w, deadline) for w in range(writers)]:
+        with ThreadPoolExecutor(writers + 1) as pool:
+            futures = [pool.submit(self._writer, w, deadline) for w in range(writers)]
+            futures.append(pool.submit(asyncio.run, self._creators(creators, deadline)))
+            for future in futures:
                 future.result()
         return self.outcomes
+
+    async def _creators(self, count: int, deadline: float) -> None:
+        async def creator(owner: str) -> None:
+            await asyncio.to_thread(self.app.create_todo, owner, title="inbox")
+            while time.monotonic() < deadline:
+                await self.app.create_todo_async(
+                    owner, offload=self._offload, title="async", tags=["soak"]
+                )
+                with self.lock:
+                    self.outcomes["ok"] += 1
+                    self.outcomes["async creates"] += 1
+
+        await asyncio.gather(*(creator(f"soak-async-{i}") for i in range(count)))
+
+    async def _offload(self, func: Callable[[], Any]) -> Any:
+        """A create the event loop could not decide (counted: none is expected once the
+        creator's Inbox is known)."""
+        with self.lock:
+            self.outcomes["offloaded"] += 1
+        return await asyncio.to_thread(func)
 
     def _writer(self, seed: int, deadline: float) -> None:
         rng = random.Random(seed)
@@ -381,6 +406,17 @@ def log_rows(url: str) -> list[tuple[UUID, int, int]]:
             "SELECT originator_id, originator_version, notification_id FROM todos_events "
             "ORDER BY notification_id"
         ).fetchall()
+
+
+def commands_in_one_transaction(url: str) -> int:
+    """The most aggregates one transaction wrote: a command writes at most two (a first
+    create: the Inbox and the todo), so three or more is a batch of several commands."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT max(n) FROM (SELECT count(DISTINCT originator_id) AS n FROM todos_events "
+            "GROUP BY xmin::text) AS t"
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def assert_views_equal_the_aggregates(app: TodoApplication, side: ReadSide, url: str) -> None:
@@ -439,6 +475,8 @@ async def soak(app: TodoApplication, side: ReadSide, s: Settings, tail: Tail) ->
         async with running(relay.run):
             outcomes = await asyncio.to_thread(Mix(app).run, 64, SOAK_SECONDS)
             assert outcomes["ok"] > 1000, outcomes
+            assert outcomes["async creates"] > 100, outcomes
+            assert not outcomes["offloaded"], outcomes
             head = app.head_position()
             await eventually(lambda: relay.position() >= head, within=180, what="the relay")
             await eventually(
@@ -474,6 +512,7 @@ async def test_64_writers_every_event_reaches_the_views_once_and_the_topic_and_n
         app.close()
     positions = [position for _, _, position in log_rows(url)]
     assert tail.seen == positions  # every position, once, in order: none skipped
+    assert commands_in_one_transaction(url) >= 3  # batches, not a commit each
     published = Counter(int(json.loads(r.value)["sequence"]) for r in records)
     assert set(published) == set(positions)  # at least once each
     assert_versions_contiguous(url)
@@ -490,7 +529,7 @@ async def test_64_writers_every_event_reaches_the_views_once_and_the_topic_and_n
 @pytest.fixture
 def killable_server(fresh_database_url: str, tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """`todo serve` in a process of its own, to be killed by the test."""
-    settings = {"rate_limit_enabled": "false", "db_pool_size": "20"}
+    settings = {"rate_limit_enabled": "false", "db_pool_size": "20", "web_concurrency": "1"}
     with serving(fresh_database_url, tmp_path, **settings) as (base, proc):
         yield base, proc
 
@@ -502,6 +541,11 @@ class Acknowledged:
         self.created: set[UUID] = set()
         self.patched: list[tuple[UUID, int, str]] = []
         self.lock = threading.Lock()
+        self.killed = threading.Event()
+        self.cut_off = 0
+        """Requests in flight when the server was killed."""
+        self.unexpected: list[str] = []
+        """Answers other than 201/200, and connections lost before the kill."""
 
     @property
     def count(self) -> int:
@@ -513,25 +557,39 @@ class Acknowledged:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
             while not stop.is_set():
                 try:
-                    self._session(http, stop)
-                except httpx.HTTPError:
-                    return  # the server is gone: whatever was in flight is unknown
+                    if not self._session(http, stop):
+                        return
+                except httpx.HTTPError as error:  # whatever was in flight is unknown
+                    with self.lock:
+                        if self.killed.is_set():
+                            self.cut_off += 1
+                        else:
+                            self.unexpected.append(repr(error))
+                    return
 
-    def _session(self, http: httpx.Client, stop: threading.Event) -> None:
+    def _unexpected(self, answer: httpx.Response) -> bool:
+        with self.lock:
+            self.unexpected.append(f"{answer.status_code} {answer.text}")
+        return False
+
+    def _session(self, http: httpx.Client, stop: threading.Event) -> bool:
         created = http.post("/v1/todos", json={"title": "fresh"})
-        assert created.status_code == 201, created.text
+        if created.status_code != 201:
+            return self._unexpected(created)
         todo_id = UUID(created.json()["id"])
         with self.lock:
             self.created.add(todo_id)
         for i in range(6):
             if stop.is_set():
-                return
+                return True
             title = f"{todo_id} #{i}"
             priority = "high" if i % 2 == 0 else "low"
             r = http.patch(f"/v1/todos/{todo_id}", json={"title": title, "priority": priority})
-            assert r.status_code == 200, r.text
+            if r.status_code != 200:
+                return self._unexpected(r)
             with self.lock:
                 self.patched.append((todo_id, r.json()["version"], title))
+        return True
 
 
 def stored_events(url: str) -> dict[UUID, list[tuple[int, str, dict[str, Any]]]]:
@@ -559,6 +617,7 @@ def load_then_kill(base: str, proc: Any, clients: int = 24) -> Acknowledged:
     for thread in threads:
         thread.start()
     wait_until(lambda: acked.count >= 600, timeout=60, what="commands to be acknowledged")
+    acked.killed.set()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=15)
     stop.set()
@@ -570,7 +629,12 @@ def load_then_kill(base: str, proc: Any, clients: int = 24) -> Acknowledged:
 def test_kill_9_mid_batch_keeps_every_acknowledged_command_and_no_half_command(
     killable_server: tuple[str, Any], fresh_database_url: str
 ) -> None:
-    acked = load_then_kill(*killable_server)
+    base, proc = killable_server
+    acked = load_then_kill(base, proc)
+    assert proc.returncode == -signal.SIGKILL  # killed by the test, not gone before it
+    assert not acked.unexpected, acked.unexpected[:5]
+    assert acked.cut_off >= 1  # commands were in flight when it died
+    assert commands_in_one_transaction(fresh_database_url) >= 3  # in batches
 
     events = stored_events(fresh_database_url)
     assert acked.created <= set(events)
