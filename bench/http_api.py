@@ -130,6 +130,9 @@ class Load:
     """CPU seconds of the server's processes (parent and workers) during the run."""
     db_cpu: float = 0.0
     """CPU seconds of the machine's PostgreSQL processes during the run."""
+    batch: float | None = None
+    """`todo serve`'s commands per group-commit batch during the run (its ``/metrics``):
+    the fewer, the more transactions, and CPU, a request costs."""
 
     @property
     def rate(self) -> float:
@@ -362,12 +365,33 @@ def measure(served: Served, load: Any, connections: int, seconds: float) -> Load
     token = issue_token(SECRET, "bench-user", ttl_seconds=3600)
     load(served.url, token, connections, min(2.0, seconds))  # warm-up: pools, caches, threads
     server, db = cpu_seconds(served.pid), cpu_seconds(name="postgres")
+    sums = append_sums(served.url)
     result: Load = load(served.url, token, connections, seconds)
+    server_cpu, db_cpu = cpu_seconds(served.pid) - server, cpu_seconds(name="postgres") - db
+    after = append_sums(served.url)
+    batches = after[1] - sums[1] if sums and after else 0
     return replace(
         result,
-        server_cpu=cpu_seconds(served.pid) - server,
-        db_cpu=cpu_seconds(name="postgres") - db,
+        server_cpu=server_cpu,
+        db_cpu=db_cpu,
+        batch=(after[0] - sums[0]) / batches if sums and after and batches else None,
     )
+
+
+def append_sums(url: str) -> tuple[float, float] | None:
+    """`todo serve`'s commands and batches so far (from ``/metrics``; with several workers
+    as of their last publish, under a second old), or None from a bare app."""
+    answer = httpx.get(f"{url}/metrics/", timeout=10)
+    if answer.status_code != 200:
+        return None
+    found = dict(
+        line.rsplit(" ", 1)
+        for line in answer.text.splitlines()
+        if line.startswith(("tododb_append_commands_total ", "tododb_append_batches_total "))
+    )
+    if len(found) != 2:
+        return None
+    return float(found["tododb_append_commands_total"]), float(found["tododb_append_batches_total"])
 
 
 def together(first: Load, second: Load) -> Load:
@@ -382,6 +406,7 @@ def together(first: Load, second: Load) -> Load:
         max(first.max_ms, second.max_ms),
         first.server_cpu + second.server_cpu,
         first.db_cpu + second.db_cpu,
+        None if first.batch is None or second.batch is None else (first.batch + second.batch) / 2,
     )
 
 
@@ -504,6 +529,7 @@ def main() -> None:
         "not 2xx",
         "CPU µs/req",
         "db CPU µs/req",
+        "cmds/batch",
         "÷ bare def",
         "÷ bare async",
         "goal",
@@ -532,6 +558,7 @@ def main() -> None:
                     f"{result.p99_ms:.1f}", f"{result.max_ms:.1f}", str(result.bad),
                     f"{result.per_request_us(result.server_cpu):,.0f}",
                     f"{result.per_request_us(result.db_cpu):,.0f}",
+                    "" if result.batch is None else f"{result.batch:.1f}",
                     f"{result.rate / baseline.rate:.2f}x", f"{result.rate / ceiling.rate:.2f}x",
                     goal,
                 )  # fmt: skip

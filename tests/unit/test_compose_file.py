@@ -88,6 +88,8 @@ def test_workers_health_checks_use_their_probes_and_prometheus_scrapes_them() ->
         assert f"names: [{job}]" in config
     assert config.count("port: 9100") == len(WORKERS)
     assert "port: 8000" in config
+    # the API's metrics app is mounted at /metrics/: /metrics answers a redirect
+    assert "metrics_path: /metrics/ " in config
 
 
 def test_grafana_dashboard_shows_commands_lag_dlq_and_circuits() -> None:
