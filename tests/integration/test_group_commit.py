@@ -551,11 +551,17 @@ class Acknowledged:
     def count(self) -> int:
         return len(self.created) + len(self.patched)
 
-    def client(self, base: str, user: str, stop: threading.Event) -> None:
-        """Create a todo, then PATCH title and priority together (two events) repeatedly."""
-        headers = {"Authorization": f"Bearer {issue_token(TEST_SECRET, user)}"}
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+    def client(self, base: str, name: str, stop: threading.Event) -> None:
+        """Create a todo, then PATCH title and priority together (two events) repeatedly;
+        as a new user every other time, whose first create stores their Inbox too (two
+        aggregates in one command, decided on a thread), the other times a create on the
+        event loop (``create_todo_async``)."""
+        sessions = 0
+        with httpx.Client(base_url=base, timeout=30) as http:
             while not stop.is_set():
+                user = f"{name}-{sessions // 2}"
+                http.headers["Authorization"] = f"Bearer {issue_token(TEST_SECRET, user)}"
+                sessions += 1
                 try:
                     if not self._session(http, stop):
                         return
@@ -592,17 +598,28 @@ class Acknowledged:
         return True
 
 
-def stored_events(url: str) -> dict[UUID, list[tuple[int, str, dict[str, Any]]]]:
+def stored_events(url: str) -> tuple[dict[UUID, list[tuple[int, str, dict[str, Any]]]], set[UUID]]:
+    """Each todo's events (version, kind, state), and the lists stored."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT originator_id, originator_version, topic, state FROM todos_events "
             "ORDER BY originator_id, originator_version"
         ).fetchall()
     events: dict[UUID, list[tuple[int, str, dict[str, Any]]]] = {}
-    for todo_id, version, topic, state in rows:
-        kind = topic.rsplit(".", 1)[-1]
-        events.setdefault(todo_id, []).append((version, kind, json.loads(bytes(state))))
-    return events
+    lists: set[UUID] = set()
+    for aggregate_id, version, topic, state in rows:
+        aggregate, kind = topic.split(":")[-1].rsplit(".", 1)
+        if aggregate == TodoList.__name__:
+            lists.add(aggregate_id)
+            continue
+        events.setdefault(aggregate_id, []).append((version, kind, json.loads(bytes(state))))
+    return events, lists
+
+
+def list_of(created: dict[str, Any]) -> UUID:
+    """A stored ``Todo.Created``'s list id (the transcoder's form of a UUID, or a string)."""
+    value = created["list_id"]
+    return UUID(value["_data_"] if isinstance(value, dict) else value)
 
 
 def load_then_kill(base: str, proc: Any, clients: int = 24) -> Acknowledged:
@@ -636,8 +653,12 @@ def test_kill_9_mid_batch_keeps_every_acknowledged_command_and_no_half_command(
     assert acked.cut_off >= 1  # commands were in flight when it died
     assert commands_in_one_transaction(fresh_database_url) >= 3  # in batches
 
-    events = stored_events(fresh_database_url)
+    events, lists = stored_events(fresh_database_url)
     assert acked.created <= set(events)
+    # a new user's first create stores their Inbox and the todo, both or neither
+    in_lists = {list_of(history[0][2]) for history in events.values()}
+    assert in_lists == lists
+    assert len(lists) > 24  # users' first creates went on throughout
     for todo_id, history in events.items():
         kinds = [kind for _, kind, _ in history]
         assert [v for v, _, _ in history] == list(range(1, len(history) + 1)), todo_id
