@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from uuid import UUID
 
+import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,7 +38,7 @@ def test_an_incoming_trace_and_correlation_id_reach_every_event(
     assert first["correlation_id"] == "order-7.checkout"
     assert second["correlation_id"] == TRACE_ID
     for meta in (first, second):
-        # The same trace, continued by the API's own span (a new span id).
+        # The same trace: the caller's span, or the API's own when spans are exported.
         assert re.fullmatch(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-01", meta["traceparent"])
         assert meta["causation_id"].startswith("request:")
     assert first["causation_id"] != second["causation_id"]
@@ -62,18 +63,71 @@ def test_without_trace_headers_a_new_trace_and_correlation_id_are_made(
     )
 
 
-def test_a_bad_correlation_id_is_a_problem_and_a_bad_traceparent_is_ignored(
-    client: TestClient, headers: dict[str, str]
+@pytest.mark.parametrize(
+    "correlation",
+    ["a b", "x" * 129, "caf\u00e9".encode(), b"", b"a\x00b"],
+    ids=["space", "129 characters", "not ASCII", "empty", "NUL"],
+)
+def test_a_bad_correlation_id_is_a_problem(
+    client: TestClient, headers: dict[str, str], correlation: str | bytes
 ) -> None:
     bad = client.post(
-        "/v1/todos", json={"title": "x"}, headers={**headers, "X-Correlation-Id": "a b"}
+        "/v1/todos", json={"title": "x"}, headers={**headers, "X-Correlation-Id": correlation}
     )
     assert (bad.status_code, bad.headers["content-type"]) == (400, PROBLEM)
     assert bad.json()["type"].endswith("/bad-correlation-id")
-    ignored = client.post(
-        "/v1/todos", json={"title": "x"}, headers={**headers, "traceparent": "nonsense"}
+
+
+def test_the_longest_correlation_id_is_kept(client: TestClient, headers: dict[str, str]) -> None:
+    longest = "A-z0.9_:@+=" * 11 + "x" * 7  # 128 characters, every kind allowed
+    created = client.post(
+        "/v1/todos", json={"title": "x"}, headers={**headers, "X-Correlation-Id": longest}
     )
-    assert ignored.status_code == 201
+    assert created.headers["x-correlation-id"] == longest
+    (event,) = client.get(f"/v1/todos/{created.json()['id']}/events", headers=headers).json()
+    assert event["metadata"]["correlation_id"] == longest
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "nonsense",
+        f"00-{'0' * 32}-00f067aa0ba902b7-01",  # W3C: an all-zero trace id is invalid
+        f"00-{TRACE_ID}-{'0' * 16}-01",  # and so is an all-zero parent id
+        f"ff-{TRACE_ID}-00f067aa0ba902b7-01",  # and version ff
+        TRACEPARENT.upper(),
+    ],
+    ids=["nonsense", "zero trace id", "zero parent id", "version ff", "upper case"],
+)
+def test_a_bad_traceparent_is_ignored_and_a_new_trace_made(
+    client: TestClient, headers: dict[str, str], traceparent: str
+) -> None:
+    sent = {**headers, "traceparent": traceparent, "tracestate": "vendor=kept-only-if-valid"}
+    created = client.post("/v1/todos", json={"title": "x"}, headers=sent)
+    assert created.status_code == 201, created.text
+    (event,) = client.get(f"/v1/todos/{created.json()['id']}/events", headers=headers).json()
+    meta = event["metadata"]
+    found = re.fullmatch(r"00-([0-9a-f]{32})-[0-9a-f]{16}-01", meta["traceparent"])
+    assert found, meta
+    trace_id = found.group(1)
+    assert trace_id not in (TRACE_ID, "0" * 32)  # a new trace
+    assert meta["correlation_id"] == trace_id == created.headers["x-correlation-id"]
+    assert "tracestate" not in meta  # it belongs to the trace that was dropped
+
+
+def test_a_callers_tracestate_is_kept_with_its_trace(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    sent = {**headers, "traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE,rojo=1"}
+    created = client.post("/v1/todos", json={"title": "x"}, headers=sent)
+    (event,) = client.get(f"/v1/todos/{created.json()['id']}/events", headers=headers).json()
+    assert event["metadata"]["tracestate"] == "congo=t61rcWkgMzE,rojo=1"
+    assert event["metadata"]["traceparent"].split("-")[1] == TRACE_ID
+    too_long = {**sent, "tracestate": "a=" + "b" * 600}  # over 512: dropped, trace kept
+    created = client.post("/v1/todos", json={"title": "x"}, headers=too_long)
+    (event,) = client.get(f"/v1/todos/{created.json()['id']}/events", headers=headers).json()
+    assert "tracestate" not in event["metadata"]
+    assert event["metadata"]["traceparent"].split("-")[1] == TRACE_ID
 
 
 def test_events_stored_before_metadata_show_none(

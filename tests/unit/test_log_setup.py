@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
 
@@ -106,6 +107,38 @@ def test_a_json_line_inside_a_command_carries_its_trace_and_correlation_ids(
         tracing.remove_processor(processor)
     assert fields["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert (fields["correlation_id"], fields["causation_id"]) == ("order-7", "request:1")
+
+
+def test_a_json_line_while_a_consumer_handles_an_event_carries_its_trace_and_correlation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No SDK here, as in a worker that exports nothing: the event's own context."""
+    from tododb.contract import TodoEvent
+    from tododb.infra import tracing
+
+    monkeypatch.setattr(log_setup, "_context_hooks", [])
+    add_context_hook(tracing.log_context)
+    set_role("notifications")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    event = TodoEvent(
+        id="evt-1",
+        type="todos.task.created",
+        todo_id="t-1",
+        owner="alice",
+        time=datetime.now(UTC),
+        sequence=1,
+        version=1,
+        data={},
+        actor="bob",
+        traceparent=f"00-{trace_id}-00f067aa0ba902b7-01",
+        correlation_id="order-7",
+    )
+    with tracing.consumer_span("notifications.handle", event):
+        fields = json.loads(JsonFormatter().format(record("notified")))
+    outside = json.loads(JsonFormatter().format(record("idle")))
+    assert (fields["trace_id"], fields["correlation_id"]) == (trace_id, "order-7")
+    assert (fields["causation_id"], fields["role"]) == ("event:evt-1", "notifications")
+    assert "correlation_id" not in outside
 
 
 @pytest.mark.parametrize(

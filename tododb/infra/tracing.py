@@ -37,7 +37,10 @@ META = "_meta"
 """The key of an event's context in its stored state (old events have none)."""
 CORRELATION_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 """What ``X-Correlation-Id`` may hold: enough for UUIDs, ULIDs and dotted request ids."""
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+)
+"""A valid W3C ``traceparent``: version ff and all-zero trace or parent ids are invalid."""
 _TRACESTATE_MAX = 512
 
 _propagator = TraceContextTextMapPropagator()
@@ -119,7 +122,7 @@ def trace_id_of(traceparent: str | None) -> str | None:
 def _valid_trace_headers(incoming: Mapping[str, str] | None) -> dict[str, str]:
     """The caller's ``traceparent`` (and ``tracestate``) if well formed, else nothing."""
     parent = (incoming or {}).get("traceparent", "")
-    if not _TRACEPARENT.fullmatch(parent) or parent.startswith("ff"):
+    if not _TRACEPARENT.fullmatch(parent):
         return {}
     state = (incoming or {}).get("tracestate")
     if state and len(state) <= _TRACESTATE_MAX:
@@ -309,17 +312,28 @@ def _parent(traceparent: str | None, tracestate: str | None) -> otel_context.Con
 @contextmanager
 def consumer_span(name: str, event: Any) -> Iterator[None]:
     """A span of ``event``'s own trace (a contract ``TodoEvent``: the command's context
-    travels in its ``traceparent``), around handling it."""
-    with tracer.start_as_current_span(
-        f"{name} {event.type}",
-        context=_parent(event.traceparent, event.tracestate),
-        kind=trace.SpanKind.CONSUMER,
-        attributes={
-            "messaging.message.id": event.id,
-            "tododb.correlation_id": event.correlation_id or "",
-        },
-    ):
-        yield
+    travels in its ``traceparent``), around handling it; meanwhile the event is the
+    current cause, so log lines carry its correlation id (``log_context``)."""
+    handling = CommandContext(
+        correlation_id=event.correlation_id or trace_id_of(event.traceparent) or event.id,
+        causation_id=f"event:{event.id}",
+        traceparent=event.traceparent,
+        tracestate=event.tracestate,
+    )
+    token = _current.set(handling)
+    try:
+        with tracer.start_as_current_span(
+            f"{name} {event.type}",
+            context=_parent(event.traceparent, event.tracestate),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.message.id": event.id,
+                "tododb.correlation_id": event.correlation_id or "",
+            },
+        ):
+            yield
+    finally:
+        _current.reset(token)
 
 
 @contextmanager
