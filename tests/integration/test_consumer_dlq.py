@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -18,6 +19,7 @@ from tododb.devservers.tansu import BrokerHandle
 from tododb.domain import Todo
 from tododb.infra.kafka import create_topic
 from tododb.infra.settings import Settings
+from tododb.monitoring.workers import ConsumerMonitor
 from tododb.relay.envelope import to_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -40,12 +42,29 @@ async def parked_are(service: NotificationsService, want: dict[str, int]) -> boo
     return {k.key: k.count for k in await service.consumer.parking.summary()} == want
 
 
+def dlq_depth(monitor: ConsumerMonitor) -> float | None:
+    """``tododb_dlq_depth`` of the monitor's group, as its ``/metrics`` shows it."""
+    found = [
+        sample.value
+        for family in monitor.collect()
+        if family.name == "tododb_dlq_depth"
+        for sample in family.samples
+    ]
+    return found[0] if found else None
+
+
 async def test_poison_messages_go_to_the_dlq_and_later_events_are_handled(
     kafka_broker: BrokerHandle,  # noqa: F811
     settings: Settings,
     database_url: str,
 ) -> None:
-    s = kafka_settings(settings, kafka_broker, consumer_max_attempts=3, kafka_topic_partitions=1)
+    s = kafka_settings(
+        settings,
+        kafka_broker,
+        consumer_max_attempts=3,
+        kafka_topic_partitions=1,
+        lag_refresh_seconds=0.2,
+    )
     bootstrap = kafka_broker.bootstrap_servers
     await create_topic(bootstrap, s.kafka_topic, 1)
     owner = unique("alice")
@@ -112,9 +131,17 @@ async def test_poison_messages_go_to_the_dlq_and_later_events_are_handled(
         assert h["dlq-group"] == group
     assert {r.value for r in dead} == {b"\x00 not a cloudevent", unprocessable}
 
-    # Redrive: both go back to the topic (once: a second run finds nothing new).
-    assert await redrive(s, group) == 2
-    assert await redrive(s, group) == 0
+    # The worker's /metrics shows them as the group's DLQ depth, until they are redriven.
+    monitor = ConsumerMonitor(s, database_url, service.consumer)
+    monitor.watcher.start()
+    try:
+        await eventually(lambda: dlq_depth(monitor) == 2, what="tododb_dlq_depth 2")
+        # Redrive: both go back to the topic (once: a second run finds nothing new).
+        assert await redrive(s, group) == 2
+        assert await redrive(s, group) == 0
+        await eventually(lambda: dlq_depth(monitor) == 0, what="tododb_dlq_depth 0")
+    finally:
+        await asyncio.to_thread(monitor.watcher.stop)
     on_topic = await read_topic(bootstrap, s.kafka_topic)
     assert len(on_topic) == 6
     assert all(not any(k.startswith("dlq-") for k, _ in r.headers) for r in on_topic[4:])

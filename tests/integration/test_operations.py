@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -64,6 +65,16 @@ def metric(base: str, name: str, **labels: str) -> float | None:
 def probe(base: str, path: str) -> tuple[int, dict[str, Any]]:
     answer = httpx.get(f"{base}{path}", timeout=10)
     return answer.status_code, answer.json()
+
+
+def burn_positions(url: str, count: int) -> None:
+    """Draw ``count`` positions and use none (the gap an insert that lost a race leaves)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('todos_events', 'notification_id')) "
+            "FROM generate_series(1, %s)",
+            (count,),
+        )
 
 
 class Worker:
@@ -125,10 +136,12 @@ def test_projection_lag_grows_while_stopped_in_seconds_too_and_drains_after_rest
             assert probe(base, "/readyz")[0] == 200
 
             worker.stop()
-            for n in range(3):
+            for n in range(2):
                 app.create_todo("alice", title=f"while stopped {n}")
-            behind = app.head_position() - head
-            assert behind == 3
+            burn_positions(fresh_database_url, 5)  # as inserts that lost a race do
+            app.create_todo("alice", title="while stopped 2")
+            assert app.head_position() - head == 3 + 5
+            behind = 3  # events, not positions
 
             def lag_seconds() -> float:
                 return metric(base, "tododb_projection_lag_seconds", projection="todos") or 0.0
@@ -337,6 +350,42 @@ async def test_relay_and_consumer_group_lag_grow_while_stopped_and_drain(
     finally:
         relay.close()
         app.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_consumer_is_not_ready_while_its_broker_is_unreachable(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    """Its database is there, its broker is not: ``/readyz`` says which, with the error
+    of the last reading of the group's offsets; ``/healthz`` (alive) does not fail."""
+    s = settings.model_copy(
+        update={
+            "database_url": fresh_database_url,
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",  # nothing listens
+            "lag_refresh_seconds": 0.2,
+        }
+    )
+    service = AnalyticsService(s, fresh_database_url, group_id=unique("analytics"))
+    monitor = ConsumerMonitor(s, fresh_database_url, service.consumer)
+    registry = CollectorRegistry()
+    registry.register(monitor)
+    probes = ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+    monitor.watcher.start()
+    try:
+        with probes:
+
+            def broker_failed() -> bool:
+                status, body = probe(probes.url, "/readyz")
+                broker = body["checks"]["broker"]
+                return status == 503 and not broker["ok"] and "no recent" not in broker["detail"]
+
+            await eventually(broker_failed, within=60, what="a failed reading of the broker")
+            _, body = await asyncio.to_thread(probe, probes.url, "/readyz")
+            assert body["checks"]["database"]["ok"] is True
+            assert body["checks"]["group"]["ok"] is False  # its lag is unknown
+            assert (await asyncio.to_thread(probe, probes.url, "/healthz"))[0] == 200
+    finally:
+        await asyncio.to_thread(monitor.watcher.stop)
 
 
 def test_admin_status_shows_every_part_of_the_pipeline(

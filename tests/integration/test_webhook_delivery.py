@@ -20,6 +20,7 @@ from tododb.consumers.notifications.handler import NotificationsHandler
 from tododb.contract import parse_message
 from tododb.domain import Todo
 from tododb.infra.settings import Settings
+from tododb.monitoring.workers import ConsumerMonitor
 from tododb.projections.registry import ReadSide
 from tododb.relay.envelope import to_message
 
@@ -34,6 +35,17 @@ def attempts(database_url: str, webhook_id: str) -> list[tuple[str, Any]]:
             (webhook_id,),
         ).fetchall()
     return [(r[0], r[1]) for r in rows]
+
+
+def circuits(monitor: ConsumerMonitor) -> dict[str, float]:
+    """``tododb_webhook_circuits`` as the notifications worker's ``/metrics`` shows it:
+    webhook endpoints by circuit state."""
+    return {
+        sample.labels["state"]: sample.value
+        for family in monitor.collect()
+        if family.name == "tododb_webhook_circuits"
+        for sample in family.samples
+    }
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -65,6 +77,8 @@ async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
         message = to_message(todo.collect_events()[0], 1, owner)
         event = parse_message(message.value, message.key, message.headers)
         worker = DeliveryWorker(s, consumer.pool)
+        monitor = ConsumerMonitor(s, database_url, consumer)  # the worker's /metrics
+        closed_before = circuits(monitor)["closed"]  # other tests' webhooks share the table
         async with running(worker.run):
             await consumer._handle_once(event)
             await consumer._handle_once(event)  # a redelivery: no second notification
@@ -74,11 +88,19 @@ async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
             listed = client.get("/v1/webhooks", headers=headers).json()["items"][0]
             assert listed["circuit"]["state"] == "open"
             assert listed["circuit"]["consecutive_failures"] == 2
+            await eventually(
+                lambda: circuits(monitor)["closed"] == closed_before - 1,
+                what="the open circuit in tododb_webhook_circuits",
+            )
+            assert circuits(monitor)["open"] + circuits(monitor)["half-open"] >= 1
             receiver.status = 204
             await eventually(
                 lambda: attempts(database_url, hook["id"])[-1][0] == "delivered",
                 what="delivery after the cool-down",
             )
+        await eventually(
+            lambda: circuits(monitor)["closed"] == closed_before, what="the circuit closed"
+        )
         assert attempts(database_url, hook["id"]) == [
             ("retry", 500),
             ("retry", 500),
