@@ -1,0 +1,134 @@
+"""The relay and a consumer as the real processes docker-compose runs (`todo relay run`,
+`todo consumer analytics`): their probes on TODO_PROBE_PORT answer, their metrics show
+the pipeline drained, and they log JSON lines with their role (issue #13)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.broker_fixtures import kafka_broker  # noqa: F401
+from tests.conftest import TEST_SECRET, wait_until
+from tests.downstream import kafka_settings
+from tests.servers import free_port
+from tododb.devservers.tansu import BrokerHandle
+from tododb.entrypoints.bootstrap import build_application
+from tododb.entrypoints.supervisor import todo_command
+from tododb.infra.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def named(base: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name``, with its labels."""
+    return [(dict(labels), v) for (n, labels), v in samples(base).items() if n == name]
+
+
+def status(base: str, path: str) -> int | None:
+    try:
+        return httpx.get(f"{base}{path}", timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
+@contextmanager
+def worker(argv: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
+    """A worker process with its probes on a free port; its base URL; stopped at the end."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            argv, env={**env, "TODO_PROBE_PORT": str(port)}, stdout=out, stderr=out
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def json_lines(log: Path) -> list[dict[str, object]]:
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines, f"no log lines in {log.name}"
+    return [json.loads(line) for line in lines]  # every line is one JSON object
+
+
+def test_relay_and_consumer_processes_serve_probes_metrics_and_json_logs(
+    kafka_broker: BrokerHandle,  # noqa: F811
+    settings: Settings,
+    fresh_database_url: str,
+    tmp_path: Path,
+) -> None:
+    s = kafka_settings(settings, kafka_broker, database_url=fresh_database_url)
+    app = build_application(s, fresh_database_url)
+    try:
+        for n in range(3):
+            app.create_todo("alice", title=f"todo {n}")
+        head = app.head_position()
+    finally:
+        app.close()
+    env = {
+        **os.environ,
+        "DATABASE_URL": fresh_database_url,
+        "TODO_JWT_SECRET": TEST_SECRET,
+        "TODO_DATA_DIR": str(tmp_path),
+        "TODO_LOG_FORMAT": "json",
+        "TODO_LOG_LEVEL": "INFO",
+        "TODO_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "TODO_KAFKA_TOPIC": s.kafka_topic,
+        "TODO_KAFKA_IDEMPOTENCE": "false",  # Tansu refuses idempotent producers
+        "TODO_KAFKA_REQUEST_TIMEOUT_MS": str(s.kafka_request_timeout_ms),
+        "TODO_CONSUMER_SESSION_TIMEOUT_MS": str(s.consumer_session_timeout_ms),
+        "TODO_CONSUMER_HEARTBEAT_INTERVAL_MS": str(s.consumer_heartbeat_interval_ms),
+        "TODO_LAG_REFRESH_SECONDS": "0.5",
+    }
+    relay_log, consumer_log = tmp_path / "relay.log", tmp_path / "analytics.log"
+    with ExitStack() as stack:
+        relay = stack.enter_context(worker(todo_command("relay", "run"), env, relay_log))
+        consumer = stack.enter_context(
+            worker(todo_command("consumer", "analytics"), env, consumer_log)
+        )
+        wait_until(lambda: status(relay, "/healthz") == 200, timeout=60, what="relay alive")
+        wait_until(
+            lambda: (
+                named(relay, "tododb_relay_position") == [({}, head)]
+                and named(relay, "tododb_relay_lag_events") == [({}, 0)]
+            ),
+            timeout=60,
+            what="the relay to publish the whole log",
+        )
+        wait_until(lambda: status(relay, "/readyz") == 200, what="relay ready")
+
+        def consumed() -> bool:
+            handled = [
+                v
+                for labels, v in named(consumer, "tododb_consumer_messages_total")
+                if labels.get("outcome") == "handled"
+            ]
+            lag = named(consumer, "tododb_consumer_lag_events")
+            return handled == [head] and [v for _, v in lag] == [0]
+
+        wait_until(consumed, timeout=90, what="the analytics group to consume every event")
+        wait_until(lambda: status(consumer, "/readyz") == 200, what="consumer ready")
+        assert status(consumer, "/healthz") == 200
+        assert [v for _, v in named(consumer, "tododb_dlq_depth")] == [0]
+    for log, role in ((relay_log, "relay"), (consumer_log, "analytics")):
+        for record in json_lines(log):
+            assert {"timestamp", "level", "logger", "message", "role"} <= set(record)
+            assert record["role"] == role, record
