@@ -22,11 +22,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.conftest import TEST_SECRET, wait_until
-from tests.downstream import eventually, kafka_settings, running, unique
+from tests.downstream import eventually, kafka_settings, running, scrape, unique
 from tests.faults import DisposablePostgres
 from tests.servers import free_port
 from tododb.consumers.runner import AnalyticsService
@@ -46,16 +45,6 @@ from tododb.projections.registry import KINDS, ReadSide
 from tododb.projections.worker import run_projection
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of ``base``/metrics, by name and labels."""
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def metric(base: str, name: str, **labels: str) -> float | None:

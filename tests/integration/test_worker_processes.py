@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.conftest import TEST_SECRET, wait_until
-from tests.downstream import kafka_settings
+from tests.downstream import kafka_settings, scrape
 from tests.servers import free_port
 from tododb.devservers.tansu import BrokerHandle
 from tododb.entrypoints.bootstrap import build_application
@@ -27,18 +26,9 @@ from tododb.infra.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def named(base: str, name: str) -> list[tuple[dict[str, str], float]]:
     """Every sample of ``name``, with its labels."""
-    return [(dict(labels), v) for (n, labels), v in samples(base).items() if n == name]
+    return [(dict(labels), v) for (n, labels), v in scrape(base).items() if n == name]
 
 
 def status(base: str, path: str) -> int | None:
