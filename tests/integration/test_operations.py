@@ -342,6 +342,49 @@ async def test_relay_and_consumer_group_lag_grow_while_stopped_and_drain(
 
 
 @pytest.mark.asyncio(loop_scope="session")
+async def test_a_relay_that_makes_no_progress_is_not_ready_until_it_runs(
+    kafka_broker: BrokerHandle,  # noqa: F811
+    settings: Settings,
+    fresh_database_url: str,
+) -> None:
+    """Events wait and no relay publishes them: after the stall window ``/readyz`` fails
+    and says so; once this process's relay runs and catches up, it is ready again."""
+    url = fresh_database_url
+    s = kafka_settings(settings, kafka_broker, database_url=url, probe_stall_seconds=0.5)
+    app = build_application(s, url)
+    relay = build_relay(s, url)
+    monitor = RelayMonitor(s, url, relay)
+    registry = CollectorRegistry()
+    registry.register(monitor)
+    probes = ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+    try:
+        with probes:
+            r = probes.url
+            for n in range(2):
+                await asyncio.to_thread(app.create_todo, "alice", title=f"todo {n}")
+            await eventually(
+                lambda: probe(r, "/readyz")[0] == 503, what="readyz to fail while stalled"
+            )
+            _, body = await asyncio.to_thread(probe, r, "/readyz")
+            assert body["checks"]["database"]["ok"] is True
+            assert "no active worker" in body["checks"]["relay"]["detail"]
+            assert "stalled" in body["checks"]["relay"]["detail"]
+            assert (await asyncio.to_thread(probe, r, "/healthz"))[0] == 200
+            async with running(relay.run):
+                await eventually(
+                    lambda: (
+                        metric(r, "tododb_relay_lag_events") == 0 and probe(r, "/readyz")[0] == 200
+                    ),
+                    what="the relay to catch up and be ready",
+                )
+                _, body = await asyncio.to_thread(probe, r, "/readyz")
+                assert body["checks"]["relay"]["detail"].startswith("active")
+    finally:
+        app.close()
+        relay.tracking.datastore.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
 async def test_a_consumer_is_not_ready_while_its_broker_is_unreachable(
     settings: Settings, fresh_database_url: str
 ) -> None:
