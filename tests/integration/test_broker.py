@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
+from tests.servers import free_port
 from tododb.devservers.tansu import BrokerHandle, TansuBroker
-from tododb.infra.kafka import create_topic
+from tododb.infra.kafka import IdempotenceRefused, create_topic, start_producer
+from tododb.infra.kafka import make_producer as tododb_producer
+from tododb.infra.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -198,3 +202,33 @@ async def test_producer_reconnects_after_broker_restart() -> None:
             await producer.stop()
     finally:
         await asyncio.to_thread(broker.stop)
+
+
+async def test_a_refused_idempotent_producer_is_told_apart_from_an_unreachable_broker(
+    kafka_broker: BrokerHandle,  # noqa: F811
+    settings: Settings,
+) -> None:
+    """Tansu answers but refuses ``InitProducerId``: the error says the broker is
+    reachable and what to set; a port where nothing listens stays a connection error."""
+    refusing = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": kafka_broker.bootstrap_servers,
+            "kafka_idempotence": True,
+            "kafka_request_timeout_ms": 3000,
+        }
+    )
+    producer = tododb_producer(refusing)
+    try:
+        with pytest.raises(IdempotenceRefused) as refused:
+            await asyncio.wait_for(start_producer(producer, refusing), 60)
+        assert "is reachable" in str(refused.value)
+        assert "TODO_KAFKA_IDEMPOTENCE=false" in str(refused.value)
+    finally:
+        await producer.stop()
+    nowhere = refusing.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    producer = tododb_producer(nowhere)
+    try:
+        with pytest.raises(KafkaConnectionError):
+            await asyncio.wait_for(start_producer(producer, nowhere), 60)
+    finally:
+        await producer.stop()

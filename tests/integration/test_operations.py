@@ -379,9 +379,54 @@ async def test_a_relay_that_makes_no_progress_is_not_ready_until_it_runs(
                 )
                 _, body = await asyncio.to_thread(probe, r, "/readyz")
                 assert body["checks"]["relay"]["detail"].startswith("active")
+                assert body["checks"]["broker"] == {"ok": True, "detail": "answered"}
     finally:
         app.close()
         relay.tracking.datastore.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_active_relay_is_not_ready_while_its_broker_is_unreachable(
+    settings: Settings, fresh_database_url: str
+) -> None:
+    """Caught up (an empty log) and holding the relay's lock, but its broker does not
+    answer: ``/readyz`` fails on the broker check, with what failed; ``/healthz`` not."""
+    url = fresh_database_url
+    s = settings.model_copy(
+        update={
+            "database_url": url,
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",  # nothing listens
+            "kafka_request_timeout_ms": 1000,
+            "relay_backoff_max_seconds": 0.5,
+        }
+    )
+    relay = build_relay(s, url)
+    monitor = RelayMonitor(s, url, relay)
+    registry = CollectorRegistry()
+    registry.register(monitor)
+    probes = ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+    try:
+        with probes:
+            r = probes.url
+            _, body = await asyncio.to_thread(probe, r, "/readyz")
+            assert body["checks"]["broker"] == {
+                "ok": True,
+                "detail": "not contacted (standing by)",
+            }
+            async with running(relay.run):
+
+                def broker_failed() -> bool:
+                    status, body = probe(r, "/readyz")
+                    return status == 503 and not body["checks"]["broker"]["ok"]
+
+                await eventually(broker_failed, what="the broker check to fail")
+                _, body = await asyncio.to_thread(probe, r, "/readyz")
+                assert "starting the producer failed" in body["checks"]["broker"]["detail"]
+                assert body["checks"]["database"]["ok"] is True
+                assert body["checks"]["relay"]["ok"] is True  # nothing to publish
+                assert (await asyncio.to_thread(probe, r, "/healthz"))[0] == 200
+    finally:
+        relay.close()
 
 
 @pytest.mark.asyncio(loop_scope="session")

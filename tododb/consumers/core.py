@@ -42,7 +42,7 @@ from tododb.consumers.parking import (
     record_key,
 )
 from tododb.contract import BadEnvelope, TodoEvent, parse_message
-from tododb.infra.kafka import bootstrap_servers, make_producer
+from tododb.infra.kafka import bootstrap_servers, make_producer, start_producer
 from tododb.infra.postgres import RECONNECT_SECONDS
 from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
 from tododb.infra.settings import Settings
@@ -177,7 +177,9 @@ class ConsumerService:
         try:
             await self.member.join(stop)
             await retry_async(
-                lambda: asyncio.wait_for(producer.start(), self.member.timeout),
+                lambda: asyncio.wait_for(
+                    start_producer(producer, self.settings), self.member.timeout
+                ),
                 stop=stop,
                 backoff=OUTAGE_BACKOFF,
                 what=f"{self.name}: starting the DLQ producer",
@@ -535,7 +537,7 @@ async def redrive(settings: Settings, group: str, *, wait_seconds: float = 30.0)
     )
     producer = make_producer(settings)
     await consumer.start()
-    await producer.start()
+    await start_producer(producer, settings)
     moved = 0
     try:
         await consumer.topics()

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from tododb.infra.settings import Settings
@@ -57,6 +58,28 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+class IdempotenceRefused(RuntimeError):
+    """The broker answers but will not start an idempotent producer: it is reachable."""
+
+
+async def start_producer(producer: AIOKafkaProducer, settings: Settings) -> None:
+    """``producer.start()``, saying what a failure means. An idempotent producer asks the
+    broker for a producer id (``InitProducerId``) once connected; a broker that refuses
+    it (Tansu does) is reachable, and retrying will not help until idempotence is off."""
+    try:
+        await producer.start()
+    except KafkaConnectionError:
+        raise  # not reachable (bootstrap failed): that is what it says
+    except Exception as error:
+        if settings.kafka_idempotence and producer.client.cluster.brokers():
+            raise IdempotenceRefused(
+                f"the broker at {settings.kafka_bootstrap_servers} is reachable but refused "
+                f"an idempotent producer (InitProducerId: {error!r}); brokers without "
+                "idempotent producers, such as Tansu, need TODO_KAFKA_IDEMPOTENCE=false"
+            ) from error
+        raise
 
 
 def make_consumer(settings: Settings, *topics: str, group_id: str) -> AIOKafkaConsumer:

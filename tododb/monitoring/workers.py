@@ -268,7 +268,11 @@ class RelayMonitor(Collector):
                 s["active_process"], {this_process()}, self.progress, s["position"], s["lag"]
             )
 
-        return {"database": database_check(self.database_url), "relay": job}
+        checks = {"database": database_check(self.database_url), "relay": job}
+        if self.relay is not None:
+            relay = self.relay
+            checks["broker"] = lambda: relay.broker
+        return checks
 
 
 def relay_probes(

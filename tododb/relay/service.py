@@ -32,7 +32,13 @@ from psycopg.sql import SQL, Identifier
 from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.infra import tracing
-from tododb.infra.kafka import bootstrap_servers, create_topic, end_offsets, make_producer
+from tododb.infra.kafka import (
+    bootstrap_servers,
+    create_topic,
+    end_offsets,
+    make_producer,
+    start_producer,
+)
 from tododb.infra.leadership import AdvisoryLock
 from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
 from tododb.infra.settings import Settings
@@ -52,6 +58,8 @@ TRACKING_ENV_NAME = "relay"
 """Environment name of the tracking recorder: its table is ``relay_tracking``."""
 LOCK_CHECK_SECONDS = 2.0
 """How often the active relay checks its lock and looks for retry/skip requests."""
+STANDING_BY = (True, "not contacted (standing by)")
+"""A relay's broker state while it is not the active relay: only that one uses it."""
 
 
 class LostLeadership(Exception):
@@ -96,6 +104,9 @@ class Relay:
         """Failed publish attempts since start (each one is followed by a backoff)."""
         self.data_loss_detected = 0
         """Times the broker was found to have lost records it had acknowledged."""
+        self.broker: tuple[bool, str] = STANDING_BY
+        """How the last exchange with the broker went (a start, a send, a look at the
+        topic's end offsets, which an idle relay makes every loss check): readiness."""
         self.quarantine = Quarantine()
         self.store = QuarantineStore.on(self.recorder)
         self.acks = AckedOffsets()
@@ -249,22 +260,27 @@ class Relay:
                 if rewind_on_loss and self._rewind:
                     return 0
             timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
-            return await asyncio.wait_for(self.send(producer, messages, partitions), timeout)
-        except Exception:
+            sent = await asyncio.wait_for(self.send(producer, messages, partitions), timeout)
+        except Exception as e:
             self.failures += 1
+            self._broker_failed("publishing", e)
             raise
+        self._broker_answered()
+        return sent
 
     async def start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer:
         async def start() -> AIOKafkaProducer:
             # No linger: the relay hands over whole batches, there is nothing to wait for.
             producer = make_producer(self.settings, linger_ms=0)
             try:
-                await producer.start()
+                await start_producer(producer, self.settings)
                 await self.ensure_topic()
-            except BaseException:
+            except BaseException as e:
+                self._broker_failed("starting the producer", e)
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 raise
+            self._broker_answered()
             return producer
 
         return await retry_async(
@@ -296,10 +312,20 @@ class Relay:
     async def _end_offsets(self, why: str) -> dict[int, int] | None:
         timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
         try:
-            return await asyncio.wait_for(end_offsets(self.settings, self.topic), timeout)
+            ends = await asyncio.wait_for(end_offsets(self.settings, self.topic), timeout)
         except Exception as e:  # the broker is away: the publish path reports that
             log.warning("relay: cannot read the end offsets of %s (%s): %r", self.topic, why, e)
+            self._broker_failed("reading the topic's end offsets", e)
             return None
+        self._broker_answered()
+        return ends
+
+    def _broker_answered(self) -> None:
+        self.broker = (True, "answered")
+
+    def _broker_failed(self, doing: str, error: BaseException) -> None:
+        if isinstance(error, Exception):  # not a cancellation
+            self.broker = (False, f"{doing} failed: {error!r}")
 
     def _on_loss(self, detail: str) -> None:
         """Say so loudly, count it, and start a new history of acks; maybe re-publish."""
@@ -338,6 +364,7 @@ class Relay:
         bridge = asyncio.create_task(_bridge(stop, halt))
         try:
             while not stop.is_set():
+                self.broker = STANDING_BY
                 lock = AdvisoryLock(self.database_url, LOCK_NAME)
                 if not await asyncio.to_thread(lock.acquire, halt):
                     return
