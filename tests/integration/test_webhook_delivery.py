@@ -60,7 +60,7 @@ async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
             "webhook_max_attempts": 10,
             "webhook_backoff_seconds": 0.05,
             "webhook_circuit_threshold": 2,
-            "webhook_circuit_cooldown_seconds": 1.0,
+            "webhook_circuit_cooldown_seconds": 3.0,
         }
     )
     owner = unique("carol")
@@ -78,6 +78,8 @@ async def test_failing_endpoint_is_retried_then_circuit_opens_then_recovers(
         event = parse_message(message.value, message.key, message.headers)
         worker = DeliveryWorker(s, consumer.pool)
         monitor = ConsumerMonitor(s, database_url, consumer)  # the worker's /metrics
+        assert monitor.circuits is not None
+        monitor.circuits.seconds = 0  # read afresh each time, not once a second
         closed_before = circuits(monitor)["closed"]  # other tests' webhooks share the table
         async with running(worker.run):
             await consumer._handle_once(event)

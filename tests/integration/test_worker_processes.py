@@ -114,6 +114,7 @@ def test_relay_and_consumer_processes_serve_probes_metrics_and_json_logs(
             lag = named(consumer, "tododb_consumer_lag_events")
             return handled == [head] and [v for _, v in lag] == [0]
 
+        wait_until(lambda: status(consumer, "/healthz") == 200, timeout=60, what="consumer alive")
         wait_until(consumed, timeout=90, what="the analytics group to consume every event")
         wait_until(lambda: status(consumer, "/readyz") == 200, what="consumer ready")
         assert status(consumer, "/healthz") == 200

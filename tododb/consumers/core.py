@@ -42,6 +42,7 @@ from tododb.consumers.parking import (
     record_key,
 )
 from tododb.contract import BadEnvelope, TodoEvent, parse_message
+from tododb.infra import tracing
 from tododb.infra.kafka import bootstrap_servers, make_producer, start_producer
 from tododb.infra.postgres import RECONNECT_SECONDS
 from tododb.infra.retry import Backoff, Stopped, retry_async, sleep_or_stop
@@ -296,12 +297,15 @@ class ConsumerService:
             event = parse_message(record.value, record.key, record.headers)
         except BadEnvelope as e:
             return await self._bad_envelope(record, e, producer, stop)
-        if self._held(event) and await self._park_behind(record, event.todo_id, event.id, stop):
-            return True
-        error, attempts = await self._handle_with_retries(event, stop)
-        if error is None:
-            return True
-        return await self._fail(record, event.todo_id, event.id, error, attempts, producer, stop)
+        with tracing.handling(event):  # its log lines carry the event's correlation id
+            if self._held(event) and await self._park_behind(record, event.todo_id, event.id, stop):
+                return True
+            error, attempts = await self._handle_with_retries(event, stop)
+            if error is None:
+                return True
+            return await self._fail(
+                record, event.todo_id, event.id, error, attempts, producer, stop
+            )
 
     async def _bad_envelope(
         self,

@@ -310,19 +310,29 @@ def _parent(traceparent: str | None, tracestate: str | None) -> otel_context.Con
 
 
 @contextmanager
-def consumer_span(name: str, event: Any) -> Iterator[None]:
-    """A span of ``event``'s own trace (a contract ``TodoEvent``: the command's context
-    travels in its ``traceparent``), around handling it; meanwhile the event is the
-    current cause, so log lines carry its correlation id (``log_context``)."""
-    handling = CommandContext(
+def handling(event: Any) -> Iterator[CommandContext]:
+    """While a consumer handles ``event`` (a contract ``TodoEvent``), the event is the
+    current cause: log lines meanwhile carry its correlation id (``log_context``)."""
+    context = CommandContext(
         correlation_id=event.correlation_id or trace_id_of(event.traceparent) or event.id,
         causation_id=f"event:{event.id}",
         traceparent=event.traceparent,
         tracestate=event.tracestate,
     )
-    token = _current.set(handling)
+    token = _current.set(context)
     try:
-        with tracer.start_as_current_span(
+        yield context
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def consumer_span(name: str, event: Any) -> Iterator[None]:
+    """A span of ``event``'s own trace (a contract ``TodoEvent``: the command's context
+    travels in its ``traceparent``), around handling it (``handling`` it, too)."""
+    with (
+        handling(event),
+        tracer.start_as_current_span(
             f"{name} {event.type}",
             context=_parent(event.traceparent, event.tracestate),
             kind=trace.SpanKind.CONSUMER,
@@ -330,10 +340,9 @@ def consumer_span(name: str, event: Any) -> Iterator[None]:
                 "messaging.message.id": event.id,
                 "tododb.correlation_id": event.correlation_id or "",
             },
-        ):
-            yield
-    finally:
-        _current.reset(token)
+        ),
+    ):
+        yield
 
 
 @contextmanager

@@ -20,9 +20,10 @@ The lag of the projections and the relay is read from PostgreSQL at scrape time 
 once a second); a consumer's from the broker every ``lag_refresh_seconds`` by a thread
 of its own, so the consumer's own loop never waits for it.
 
-Readiness: the database answers (and, for consumers, the broker did recently), and for
-each job the process may run: another process holds it (this one stands by), or its lag
-is 0, or its position moved within ``probe_stall_seconds``.
+Readiness: the database answers (and the broker: for consumers, it did recently; for the
+active relay, its last exchange with it succeeded), and for each job the process may run:
+another process holds it (this one stands by), or its lag is 0, or its position moved
+within ``probe_stall_seconds``.
 """
 
 from __future__ import annotations

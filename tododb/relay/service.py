@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from psycopg.sql import SQL, Identifier
@@ -33,6 +34,7 @@ from tododb.application import TodoApplication
 from tododb.eventstore import AppendOnlyApplicationRecorder
 from tododb.infra import tracing
 from tododb.infra.kafka import (
+    IdempotenceRefused,
     bootstrap_servers,
     create_topic,
     end_offsets,
@@ -59,6 +61,8 @@ TRACKING_ENV_NAME = "relay"
 LOCK_CHECK_SECONDS = 2.0
 """How often the active relay checks its lock and looks for retry/skip requests."""
 STANDING_BY = (True, "not contacted (standing by)")
+BROKER_ERRORS = (KafkaError, TimeoutError, OSError, IdempotenceRefused)
+"""What an exchange with the broker fails with when the broker is the trouble."""
 """A relay's broker state while it is not the active relay: only that one uses it."""
 
 
@@ -273,7 +277,9 @@ class Relay:
             # No linger: the relay hands over whole batches, there is nothing to wait for.
             producer = make_producer(self.settings, linger_ms=0)
             try:
-                await start_producer(producer, self.settings)
+                # bounded: aiokafka retries InitProducerId without end on some errors
+                timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
+                await asyncio.wait_for(start_producer(producer, self.settings), timeout)
                 await self.ensure_topic()
             except BaseException as e:
                 self._broker_failed("starting the producer", e)
@@ -324,7 +330,9 @@ class Relay:
         self.broker = (True, "answered")
 
     def _broker_failed(self, doing: str, error: BaseException) -> None:
-        if isinstance(error, Exception):  # not a cancellation
+        """Recorded if the broker is what failed (not a cancellation, nor a message the
+        relay could not make)."""
+        if isinstance(error, BROKER_ERRORS):
             self.broker = (False, f"{doing} failed: {error!r}")
 
     def _on_loss(self, detail: str) -> None:
@@ -381,6 +389,7 @@ class Relay:
             bridge.cancel()
 
     async def _run_as_leader(self, stop: asyncio.Event, lock: AdvisoryLock) -> None:
+        self.broker = (False, "starting the producer")  # not ready until the broker answers
         producer = await self.start_producer(stop)
         try:
             attempt = 0
