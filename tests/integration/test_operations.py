@@ -56,6 +56,14 @@ def probe(base: str, path: str) -> tuple[int, dict[str, Any]]:
     return answer.status_code, answer.json()
 
 
+def probes_of(monitor: RelayMonitor | ConsumerMonitor) -> ProbeServer:
+    """The probe server a worker serves for ``monitor`` (/metrics, /readyz), on a free
+    port."""
+    registry = CollectorRegistry()
+    registry.register(monitor)
+    return ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+
+
 def burn_positions(url: str, count: int) -> None:
     """Draw ``count`` positions and use none (the gap an insert that lost a race leaves)."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -354,9 +362,7 @@ async def test_a_relay_that_makes_no_progress_is_not_ready_until_it_runs(
     app = build_application(s, url)
     relay = build_relay(s, url)
     monitor = RelayMonitor(s, url, relay)
-    registry = CollectorRegistry()
-    registry.register(monitor)
-    probes = ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+    probes = probes_of(monitor)
     try:
         with probes:
             r = probes.url
@@ -402,9 +408,7 @@ async def test_the_active_relay_is_not_ready_while_its_broker_is_unreachable(
     )
     relay = build_relay(s, url)
     monitor = RelayMonitor(s, url, relay)
-    registry = CollectorRegistry()
-    registry.register(monitor)
-    probes = ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+    probes = probes_of(monitor)
     try:
         with probes:
             r = probes.url
@@ -444,9 +448,7 @@ async def test_a_consumer_is_not_ready_while_its_broker_is_unreachable(
     )
     service = AnalyticsService(s, fresh_database_url, group_id=unique("analytics"))
     monitor = ConsumerMonitor(s, fresh_database_url, service.consumer)
-    registry = CollectorRegistry()
-    registry.register(monitor)
-    probes = ProbeServer("127.0.0.1", 0, registry, ready=monitor.ready_checks())
+    probes = probes_of(monitor)
     monitor.watcher.start()
     try:
         with probes:
