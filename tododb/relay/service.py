@@ -61,9 +61,9 @@ TRACKING_ENV_NAME = "relay"
 LOCK_CHECK_SECONDS = 2.0
 """How often the active relay checks its lock and looks for retry/skip requests."""
 STANDING_BY = (True, "not contacted (standing by)")
+"""A relay's broker state while it is not the active relay: only that one uses it."""
 BROKER_ERRORS = (KafkaError, TimeoutError, OSError, IdempotenceRefused)
 """What an exchange with the broker fails with when the broker is the trouble."""
-"""A relay's broker state while it is not the active relay: only that one uses it."""
 
 
 class LostLeadership(Exception):
