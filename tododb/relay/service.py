@@ -117,6 +117,12 @@ class Relay:
         self._rewind = False
         self._next_lock_check = self._next_loss_check = 0.0
 
+    @property
+    def exchange_timeout(self) -> float:
+        """The longest one exchange with the broker may take: two request timeouts
+        (a retried request) and a margin."""
+        return self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
+
     def close(self) -> None:
         self.tracking.datastore.close()
         if self._own_app:
@@ -263,8 +269,9 @@ class Relay:
                 await self.check_loss("after a failed send")
                 if rewind_on_loss and self._rewind:
                     return 0
-            timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
-            sent = await asyncio.wait_for(self.send(producer, messages, partitions), timeout)
+            sent = await asyncio.wait_for(
+                self.send(producer, messages, partitions), self.exchange_timeout
+            )
         except Exception as e:
             self.failures += 1
             self._broker_failed("publishing", e)
@@ -278,8 +285,9 @@ class Relay:
             producer = make_producer(self.settings, linger_ms=0)
             try:
                 # bounded: aiokafka retries InitProducerId without end on some errors
-                timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
-                await asyncio.wait_for(start_producer(producer, self.settings), timeout)
+                await asyncio.wait_for(
+                    start_producer(producer, self.settings), self.exchange_timeout
+                )
                 await self.ensure_topic()
             except BaseException as e:
                 self._broker_failed("starting the producer", e)
@@ -316,9 +324,10 @@ class Relay:
             self._on_loss(f"the topic is empty but the relay's recorded position is {position}")
 
     async def _end_offsets(self, why: str) -> dict[int, int] | None:
-        timeout = self.settings.kafka_request_timeout_ms / 1000 * 2 + 5
         try:
-            ends = await asyncio.wait_for(end_offsets(self.settings, self.topic), timeout)
+            ends = await asyncio.wait_for(
+                end_offsets(self.settings, self.topic), self.exchange_timeout
+            )
         except Exception as e:  # the broker is away: the publish path reports that
             log.warning("relay: cannot read the end offsets of %s (%s): %r", self.topic, why, e)
             self._broker_failed("reading the topic's end offsets", e)
