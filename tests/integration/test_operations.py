@@ -27,7 +27,7 @@ from tests.broker_fixtures import kafka_broker  # noqa: F401
 from tests.conftest import TEST_SECRET, wait_until
 from tests.downstream import eventually, kafka_settings, running, scrape, unique
 from tests.faults import DisposablePostgres
-from tests.servers import free_port
+from tests.servers import free_port, json_log_lines, process_env
 from tododb.consumers.runner import AnalyticsService
 from tododb.devservers.tansu import BrokerHandle
 from tododb.entrypoints.bootstrap import build_application, build_read_side, build_relay
@@ -205,15 +205,9 @@ def test_projections_process_serves_probes_and_logs_json_lines(
     fresh_database_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": fresh_database_url,
-        "TODO_JWT_SECRET": TEST_SECRET,
-        "TODO_DATA_DIR": str(tmp_path),
-        "TODO_LOG_FORMAT": "json",
-        "TODO_LOG_LEVEL": "INFO",
-        "TODO_PROBE_PORT": str(port),
-    }
+    env = process_env(
+        fresh_database_url, tmp_path, log_format="json", log_level="INFO", probe_port=str(port)
+    )
     log_path = tmp_path / "projections.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(todo_command("projections", "run"), env=env, stdout=log, stderr=log)
@@ -240,9 +234,7 @@ def test_projections_process_serves_probes_and_logs_json_lines(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    assert lines, "no log lines"
-    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    records = json_log_lines(log_path)
     for record in records:
         assert {"timestamp", "level", "logger", "message", "role"} <= set(record)
         assert record["role"] == "projections"

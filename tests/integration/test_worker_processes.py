@@ -4,8 +4,6 @@ the pipeline drained, and they log JSON lines with their role (issue #13)."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,9 +13,9 @@ import httpx
 import pytest
 
 from tests.broker_fixtures import kafka_broker  # noqa: F401
-from tests.conftest import TEST_SECRET, wait_until
+from tests.conftest import wait_until
 from tests.downstream import kafka_settings, scrape
-from tests.servers import free_port
+from tests.servers import free_port, json_log_lines, process_env
 from tododb.devservers.tansu import BrokerHandle
 from tododb.entrypoints.bootstrap import build_application
 from tododb.entrypoints.supervisor import todo_command
@@ -53,12 +51,6 @@ def worker(argv: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def json_lines(log: Path) -> list[dict[str, object]]:
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
-    assert lines, f"no log lines in {log.name}"
-    return [json.loads(line) for line in lines]  # every line is one JSON object
-
-
 def test_relay_and_consumer_processes_serve_probes_metrics_and_json_logs(
     kafka_broker: BrokerHandle,  # noqa: F811
     settings: Settings,
@@ -73,21 +65,19 @@ def test_relay_and_consumer_processes_serve_probes_metrics_and_json_logs(
         head = app.head_position()
     finally:
         app.close()
-    env = {
-        **os.environ,
-        "DATABASE_URL": fresh_database_url,
-        "TODO_JWT_SECRET": TEST_SECRET,
-        "TODO_DATA_DIR": str(tmp_path),
-        "TODO_LOG_FORMAT": "json",
-        "TODO_LOG_LEVEL": "INFO",
-        "TODO_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "TODO_KAFKA_TOPIC": s.kafka_topic,
-        "TODO_KAFKA_IDEMPOTENCE": "false",  # Tansu refuses idempotent producers
-        "TODO_KAFKA_REQUEST_TIMEOUT_MS": str(s.kafka_request_timeout_ms),
-        "TODO_CONSUMER_SESSION_TIMEOUT_MS": str(s.consumer_session_timeout_ms),
-        "TODO_CONSUMER_HEARTBEAT_INTERVAL_MS": str(s.consumer_heartbeat_interval_ms),
-        "TODO_LAG_REFRESH_SECONDS": "0.5",
-    }
+    env = process_env(
+        fresh_database_url,
+        tmp_path,
+        log_format="json",
+        log_level="INFO",
+        kafka_bootstrap_servers=str(s.kafka_bootstrap_servers),
+        kafka_topic=s.kafka_topic,
+        kafka_idempotence="false",  # Tansu refuses idempotent producers
+        kafka_request_timeout_ms=str(s.kafka_request_timeout_ms),
+        consumer_session_timeout_ms=str(s.consumer_session_timeout_ms),
+        consumer_heartbeat_interval_ms=str(s.consumer_heartbeat_interval_ms),
+        lag_refresh_seconds="0.5",
+    )
     relay_log, consumer_log = tmp_path / "relay.log", tmp_path / "analytics.log"
     with ExitStack() as stack:
         relay = stack.enter_context(worker(todo_command("relay", "run"), env, relay_log))
@@ -120,6 +110,6 @@ def test_relay_and_consumer_processes_serve_probes_metrics_and_json_logs(
         assert status(consumer, "/healthz") == 200
         assert [v for _, v in named(consumer, "tododb_dlq_depth")] == [0]
     for log, role in ((relay_log, "relay"), (consumer_log, "analytics")):
-        for record in json_lines(log):
+        for record in json_log_lines(log):
             assert {"timestamp", "level", "logger", "message", "role"} <= set(record)
             assert record["role"] == role, record
