@@ -51,6 +51,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from rich.table import Table
 from uvicorn.supervisors import Multiprocess
@@ -384,14 +385,15 @@ def append_sums(url: str) -> tuple[float, float] | None:
     answer = httpx.get(f"{url}/metrics/", timeout=10)
     if answer.status_code != 200:
         return None
-    found = dict(
-        line.rsplit(" ", 1)
-        for line in answer.text.splitlines()
-        if line.startswith(("tododb_append_commands_total ", "tododb_append_batches_total "))
-    )
-    if len(found) != 2:
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+    commands, batches = "tododb_append_commands_total", "tododb_append_batches_total"
+    if commands not in found or batches not in found:
         return None
-    return float(found["tododb_append_commands_total"]), float(found["tododb_append_batches_total"])
+    return found[commands], found[batches]
 
 
 def together(first: Load, second: Load) -> Load:
